@@ -1,0 +1,3 @@
+"""retention: enforce conversation-retention policies on CustomGPT.ai agents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,443 @@
+"""The CustomGPT API adapter: pagination, request budget, retries, and error translation.
+
+Everything aiohttp raises becomes an :mod:`retention.errors` exception here, and every JSON body
+becomes a dataclass from :mod:`retention.models` here: nothing downstream sees a dict.
+
+Cost in calls: listing an agent costs one call per page (``per_page`` is the server's choice),
+the newest-message time one call per conversation, every other operation one call, plus any
+retries. Every attempt, retried or not, is counted in :class:`~retention.budget.CallStats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from retention import __version__
+from retention.budget import CallStats, RequestBudget, retry_after_seconds
+from retention.errors import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    NotFoundError,
+    RateLimited,
+    TransientApiError,
+)
+from retention.models import (
+    Agent,
+    AgentSettings,
+    Conversation,
+    ConversationPage,
+    DeleteOutcome,
+)
+from retention.timefmt import parse_timestamp
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+RATE_LIMIT_ATTEMPT_FACTOR = 4  # 429s may be retried this many times more often than failures
+
+
+class CustomGPTClient:
+    """One account's view of the API. The session and budget are injected by the caller."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        token: SecretStr,
+        budget: RequestBudget,
+        stats: CallStats | None = None,
+        max_attempts: int = 5,
+        max_concurrency: int = 4,
+        request_timeout: timedelta = timedelta(seconds=30),
+        connect_timeout: timedelta = timedelta(seconds=10),
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._token = token
+        self.budget = budget
+        self.stats = stats if stats is not None else CallStats()
+        self._max_attempts = max_attempts
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_timeout.total_seconds(), connect=connect_timeout.total_seconds()
+        )
+        # "Full jitter": a random wait up to initial * 2**n, capped; callers spread out.
+        self._wait = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)
+
+    def __repr__(self) -> str:
+        return f"CustomGPTClient(base_url={self._base_url!r})"
+
+    # ---- the calls -------------------------------------------------------------------------
+
+    async def list_agents(self) -> list[Agent]:
+        """Every agent of the account: one call per page."""
+        agents: dict[int, Agent] = {}
+        page = 1
+        while True:
+            paginator = await self._request(
+                "list_agents", "GET", "projects", params={"page": page}, parse=_paginator
+            )
+            for item in paginator["data"]:
+                agent = _agent(item)
+                agents.setdefault(agent.id, agent)
+            if not paginator["data"] or page >= int(paginator["last_page"]):
+                return list(agents.values())
+            page += 1
+
+    async def iter_pages(self, agent_id: int) -> AsyncIterator[ConversationPage]:
+        """Pages of an agent's conversations, newest id first, until the last page.
+
+        ``last_page`` is read again from every response, so arrivals that add a page extend the
+        walk. The caller may stop early (incremental discovery does).
+        """
+        page = 1
+        while True:
+            current = await self._request(
+                "list_conversations",
+                "GET",
+                f"projects/{agent_id}/conversations",
+                params={"page": page, "order": "desc", "orderBy": "id"},
+                parse=lambda data: _conversation_page(agent_id, data),
+            )
+            yield current
+            if not current.items or page >= current.last_page:
+                return
+            page += 1
+
+    async def iter_conversations(self, agent_id: int) -> AsyncIterator[Conversation]:
+        """Every conversation of an agent, each once, newest first.
+
+        Arrivals during the walk push items down a page: we see some twice and drop the copies.
+        When the total grew while we walked, the new ones sit on the first pages we already read,
+        so we re-read from page 1 until we reach an id we had seen (a call or two, and only then).
+        """
+        seen: set[int] = set()
+        first_total: int | None = None
+        last_total = 0
+        async for page in self.iter_pages(agent_id):
+            first_total = page.total if first_total is None else first_total
+            last_total = page.total
+            for conversation in _unseen(page.items, seen):
+                yield conversation
+        if first_total is None or last_total <= first_total or not seen:
+            return
+        known_newest = max(seen)
+        async for page in self.iter_pages(agent_id):
+            for conversation in _unseen(page.items, seen):
+                yield conversation
+            if any(c.id <= known_newest for c in page.items):
+                return
+
+    async def create_conversation(self, agent_id: int, name: str) -> Conversation:
+        return await self._request(
+            "create",
+            "POST",
+            f"projects/{agent_id}/conversations",
+            json_body={"name": name},
+            parse=_conversation,
+        )
+
+    async def rename_conversation(self, agent_id: int, session_id: str, name: str) -> Conversation:
+        return await self._request(
+            "rename",
+            "PUT",
+            f"projects/{agent_id}/conversations/{session_id}",
+            json_body={"name": name},
+            parse=_conversation,
+        )
+
+    async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome:
+        """DELETE one conversation. A 404 means it is gone already, which is not an error."""
+        try:
+            await self._request(
+                "delete",
+                "DELETE",
+                f"projects/{agent_id}/conversations/{session_id}",
+                parse=_deleted,
+            )
+        except NotFoundError:
+            return DeleteOutcome.ALREADY_GONE
+        return DeleteOutcome.DELETED
+
+    async def last_activity(self, agent_id: int, session_id: str) -> datetime | None:
+        """The newest message's time, or None when the conversation has no messages. One call."""
+        return await self._request(
+            "messages",
+            "GET",
+            f"projects/{agent_id}/conversations/{session_id}/messages",
+            params={"page": 1, "order": "desc"},
+            parse=_newest_message,
+        )
+
+    async def agent_settings(self, agent_id: int) -> AgentSettings:
+        return await self._request(
+            "settings",
+            "GET",
+            f"projects/{agent_id}/settings",
+            parse=lambda data: _settings(agent_id, data),
+        )
+
+    # ---- the machinery ---------------------------------------------------------------------
+
+    async def _request(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        *,
+        parse: Callable[[_Response], T],
+        params: Mapping[str, str | int] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> T:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientApiError),
+            stop=self._stop,
+            wait=self._wait_for,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(kind, method, path, parse, params, json_body)
+        except TransientApiError as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise type(exc)(
+                f"gave up after {attempts} attempts: {exc.detail}",
+                kind=kind,
+                method=method,
+                path="/" + path,
+                status=exc.status,
+                **({"retry_after": exc.retry_after} if isinstance(exc, RateLimited) else {}),
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _stop(self, state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        limit = self._max_attempts
+        if isinstance(error, RateLimited):
+            limit *= RATE_LIMIT_ATTEMPT_FACTOR
+        return state.attempt_number >= limit
+
+    def _wait_for(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited):
+            return 0.0  # the budget itself is paused; acquire() does the waiting
+        return float(self._wait(state))
+
+    async def _attempt(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        parse: Callable[[_Response], T],
+        params: Mapping[str, str | int] | None,
+        json_body: Mapping[str, Any] | None,
+    ) -> T:
+        where: dict[str, Any] = {"kind": kind, "method": method, "path": "/" + path}
+        async with self._slots:
+            # Take the budget only once a slot is ours, so a 429 that arrived while we queued
+            # for the slot still holds us back.
+            await self.budget.acquire()
+            try:
+                async with self._session.request(
+                    method,
+                    self._base_url + path,
+                    params=params,
+                    json=json_body,
+                    headers=self._headers(),
+                    timeout=self._timeout,
+                ) as response:
+                    body = await response.read()
+                    status, headers = response.status, response.headers
+            except TimeoutError:
+                self.stats.record(kind, "timeout")
+                raise TransientApiError(
+                    f"no answer within {self._timeout.total:g}s", **where
+                ) from None
+            except aiohttp.ClientError as exc:
+                self.stats.record(kind, "connection")
+                raise TransientApiError(
+                    f"connection failed ({type(exc).__name__})", **where
+                ) from None
+        self.budget.observe(headers, ok=status < 400)
+        if status >= 400:
+            self.stats.record(kind, str(status))
+        if status == 429:
+            retry_after = retry_after_seconds(headers)
+            paused = self.budget.pause(retry_after)
+            logger.warning(
+                "rate limited on %s %s: pausing all calls for %.1fs", method, path, paused
+            )
+            raise RateLimited(_error_text(body), retry_after=retry_after, status=status, **where)
+        if status >= 500:
+            raise TransientApiError(_error_text(body), status=status, **where)
+        if status in (401, 403):
+            raise AuthError(_error_text(body), status=status, **where)
+        if status == 404:
+            raise NotFoundError(_error_text(body), status=status, **where)
+        if status >= 400:
+            raise BadRequestError(_error_text(body), status=status, **where)
+        try:
+            result = parse(_Response(_envelope_data(body), _server_time(headers)))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            self.stats.record(kind, "malformed")
+            raise TransientApiError(
+                f"malformed response body: {_describe(exc)}", status=status, **where
+            ) from None
+        self.stats.record(kind, str(status))
+        return result
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._token.get_secret_value()}",
+            "Accept": "application/json",
+            "User-Agent": f"retention/{__version__}",
+        }
+
+
+class _Response:
+    """A success envelope's ``data`` and the server's clock at the time of the response."""
+
+    __slots__ = ("data", "server_time")
+
+    def __init__(self, data: Any, server_time: datetime) -> None:
+        self.data = data
+        self.server_time = server_time
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+def _envelope_data(body: bytes) -> Any:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"not JSON ({len(body)} bytes)") from None
+    if not isinstance(payload, dict) or payload.get("status") != "success" or "data" not in payload:
+        raise ValueError("not a success envelope")
+    return payload["data"]
+
+
+def _server_time(headers: Mapping[str, str]) -> datetime:
+    """The server's Date header resolves 12-hour message times; our clock when it is missing."""
+    value = headers.get("Date")
+    if value:
+        try:
+            return parsedate_to_datetime(value).astimezone(UTC)
+        except (TypeError, ValueError):
+            pass
+    return datetime.now(UTC)
+
+
+def _error_text(body: bytes) -> str:
+    """The message of the API's error envelope; we decide on status codes, never on this text."""
+    try:
+        payload = json.loads(body)
+        message = payload["data"]["message"]
+        if isinstance(message, str) and message:
+            return message[:200]
+    except (ValueError, TypeError, KeyError):
+        pass
+    return "no error message (body is not the API's JSON error envelope)"
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    return str(exc) or type(exc).__name__
+
+
+def _unseen(items: tuple[Conversation, ...], seen: set[int]) -> list[Conversation]:
+    fresh = [c for c in items if c.id not in seen]
+    seen.update(c.id for c in fresh)
+    return fresh
+
+
+def _paginator(response: _Response) -> dict[str, Any]:
+    data = response.data
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError("expected a paginator with a 'data' list")
+    for key in ("current_page", "last_page", "per_page", "total"):
+        int(data[key])
+    return data
+
+
+def _conversation_page(agent_id: int, response: _Response) -> ConversationPage:
+    data = _paginator(response)
+    return ConversationPage(
+        agent_id=agent_id,
+        page=int(data["current_page"]),
+        last_page=int(data["last_page"]),
+        per_page=int(data["per_page"]),
+        total=int(data["total"]),
+        items=tuple(_parse_conversation(item) for item in data["data"]),
+    )
+
+
+def _conversation(response: _Response) -> Conversation:
+    return _parse_conversation(response.data)
+
+
+def _parse_conversation(item: Any) -> Conversation:
+    if not isinstance(item, dict):
+        raise TypeError("a conversation must be an object")
+    created_by = item.get("created_by")
+    return Conversation(
+        id=int(item["id"]),
+        session_id=str(item["session_id"]),
+        agent_id=int(item["project_id"]),  # an int in real responses, a string in the spec
+        name=str(item.get("name") or ""),
+        created_by=int(created_by) if created_by not in (None, "") else None,
+        created_at=parse_timestamp(str(item["created_at"])),
+        updated_at=parse_timestamp(str(item.get("updated_at") or item["created_at"])),
+    )
+
+
+def _agent(item: Any) -> Agent:
+    return Agent(id=int(item["id"]), name=str(item.get("project_name") or ""))
+
+
+def _deleted(response: _Response) -> bool:
+    data = response.data
+    if not isinstance(data, dict) or data.get("deleted") is not True:
+        raise ValueError("expected {'deleted': true}")
+    return True
+
+
+def _newest_message(response: _Response) -> datetime | None:
+    messages = response["messages"]["data"]
+    if not isinstance(messages, list):
+        raise TypeError("messages.data must be a list")
+    stamps = [
+        parse_timestamp(str(m["created_at"]), not_after=response.server_time) for m in messages
+    ]
+    return max(stamps, default=None)
+
+
+def _settings(agent_id: int, response: _Response) -> AgentSettings:
+    data = response.data
+    if not isinstance(data, dict):
+        raise TypeError("settings must be an object")
+    period = data.get("conversation_retention_period")
+    days = data.get("conversation_retention_days")
+    return AgentSettings(
+        agent_id=agent_id,
+        retention_period=str(period) if period is not None else None,
+        retention_days=int(days) if days not in (None, "") else None,
+    )
+
+
+__all__ = ["ApiError", "CustomGPTClient"]

@@ -1,0 +1,379 @@
+"""Configuration: a TOML file, overridden key by key by env ``RETENTION_<SECTION>__<KEY>``.
+
+Every problem becomes one ConfigError line naming the file (or env variable), the key and what
+is wrong. The API token is read from env ``CUSTOMGPT_API_TOKEN`` or ``[api] token_file`` and held
+as a SecretStr: no repr, log line or error message shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from retention.errors import ConfigError
+from retention.models import AgeFrom, Creator, Origin
+from retention.policy import (
+    ALL_AGENTS,
+    Hold,
+    Policy,
+    RuleError,
+    compile_glob,
+    compile_regex,
+    validate_rules,
+)
+from retention.timefmt import parse_duration
+
+CONFIG_ENV = "RETENTION_CONFIG"
+TOKEN_ENV = "CUSTOMGPT_API_TOKEN"
+ENV_PREFIX = "RETENTION_"
+DEFAULT_BASE_URL = "https://app.customgpt.ai/api/v1/"
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"write durations with a unit, e.g. '{value}s' or '{value}m'")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+def _cron(value: str | None) -> str | None:
+    """A light structural check; the daemon's scheduler parses the expression in full at start."""
+    if value is None:
+        return None
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(
+            f"invalid cron expression {value!r}: expected 5 fields "
+            "'minute hour day month day_of_week', e.g. '*/5 * * * *'"
+        )
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiSettings(_Section):
+    base_url: str = DEFAULT_BASE_URL
+    requests_per_minute: int = Field(60, ge=1, le=6000)
+    burst: int = Field(5, ge=1, le=120)
+    request_timeout: Duration = timedelta(seconds=30)
+    connect_timeout: Duration = timedelta(seconds=10)
+    max_concurrency: int = Field(4, ge=1, le=64)
+    max_attempts: int = Field(5, ge=1, le=20)
+    token_file: Path | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value if value.endswith("/") else value + "/"
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite+aiosqlite:///retention.db"
+
+
+class ScheduleSettings(_Section):
+    discover_every: Duration = timedelta(minutes=15)
+    discover_cron: Annotated[str | None, BeforeValidator(_cron)] = None
+    delete_every: Duration = timedelta(minutes=1)
+    delete_cron: Annotated[str | None, BeforeValidator(_cron)] = None
+    reconcile_every: Duration = timedelta(hours=24)
+
+
+class SafetySettings(_Section):
+    dry_run: bool = False
+
+
+class AdminSettings(_Section):
+    listen: str | None = "127.0.0.1:8080"
+
+
+class LogSettings(_Section):
+    format: Literal["auto", "json", "text"] = "auto"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def _agents(value: object) -> object:
+    """``"*"``, one agent id, or a non-empty list of ids; anything else is explained."""
+    if value == ALL_AGENTS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list) and not value:
+        raise ValueError(f'an empty list matches no agent; use "{ALL_AGENTS}" for every agent')
+    if isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return value
+    raise ValueError(f'must be "{ALL_AGENTS}" or a list of agent ids (integers), got {value!r}')
+
+
+Agents = Annotated[Literal["*"] | list[int], BeforeValidator(_agents)]
+
+
+class _RuleSpec(_Section):
+    name: str = Field(min_length=1)
+    name_matches: list[str] = []
+    name_regex: str | None = None
+
+    @field_validator("name_matches")
+    @classmethod
+    def _check_globs(cls, value: list[str]) -> list[str]:
+        for glob in value:
+            compile_glob(glob)
+        return value
+
+    @field_validator("name_regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_regex(value)
+        return value
+
+
+def _agent_set(agents: Literal["*"] | list[int]) -> frozenset[int] | None:
+    return None if isinstance(agents, str) else frozenset(agents)
+
+
+class PolicySpec(_RuleSpec):
+    agents: Agents
+    max_age: Duration
+    age_from: AgeFrom = AgeFrom.CREATED
+    user_type: Literal["any", "anonymous", "team_member"] = "any"
+    origins: list[Origin] | None = None
+    confirm_broad: bool = False
+    dry_run: bool = False
+
+    def to_policy(self) -> Policy:
+        return Policy(
+            name=self.name,
+            agents=_agent_set(self.agents),
+            name_matches=tuple(self.name_matches),
+            name_regex=self.name_regex,
+            max_age=self.max_age,
+            age_from=self.age_from,
+            user_type=None if self.user_type == "any" else Creator(self.user_type),
+            origins=frozenset(self.origins) if self.origins is not None else None,
+            confirm_broad=self.confirm_broad,
+            dry_run=self.dry_run,
+        )
+
+
+class HoldSpec(_RuleSpec):
+    agents: Agents = "*"
+    session_ids: list[str] = []
+
+    def to_hold(self) -> Hold:
+        return Hold(
+            name=self.name,
+            agents=_agent_set(self.agents),
+            name_matches=tuple(self.name_matches),
+            name_regex=self.name_regex,
+            session_ids=frozenset(self.session_ids),
+        )
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    api: ApiSettings = ApiSettings()
+    store: StoreSettings = StoreSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    safety: SafetySettings = SafetySettings()
+    admin: AdminSettings = AdminSettings()
+    log: LogSettings = LogSettings()
+    policies: list[PolicySpec] = []
+    holds: list[HoldSpec] = []
+
+    _token: SecretStr | None = PrivateAttr(default=None)
+    _source: str = PrivateAttr(default="")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init kwargs; env must beat it, so env comes first.
+        return env_settings, init_settings
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._token
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def rules(self) -> tuple[tuple[Policy, ...], tuple[Hold, ...]]:
+        """The policies and holds as the pure policy module wants them."""
+        return (
+            tuple(p.to_policy() for p in self.policies),
+            tuple(h.to_hold() for h in self.holds),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration for a log line: the token shown only as set or not."""
+        data = self.model_dump(mode="json", exclude={"policies", "holds"})
+        data["api"]["token"] = "set" if self._token is not None else "not set"
+        data["policies"] = [p.name for p in self.policies]
+        data["holds"] = [h.name for h in self.holds]
+        return data
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """The config file to use: ``--config`` first, then env RETENTION_CONFIG."""
+    chosen = explicit if explicit is not None else environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(f"no config file: pass --config FILE or set {CONFIG_ENV}")
+    return Path(chosen)
+
+
+def load_config(path: Path) -> Settings:
+    """Read, validate and return the configuration, or raise one readable ConfigError.
+
+    Env variables (``RETENTION_<SECTION>__<KEY>``, ``CUSTOMGPT_API_TOKEN``) come from os.environ.
+    """
+    env = os.environ
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", source=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    if "token" in raw.get("api", {}):
+        raise ConfigError(
+            f"the token never goes in the config file: set env {TOKEN_ENV} or name a file "
+            "with [api] token_file",
+            source=source,
+            key="api.token",
+        )
+    settings = _validate(raw, source, env)
+    try:
+        policies, holds = settings.rules()
+        validate_rules(policies, holds)
+    except RuleError as exc:
+        raise ConfigError(str(exc), source=source) from None
+    settings._source = source
+    settings._token = _read_token(settings.api.token_file, path.parent, env, source)
+    return settings
+
+
+def _validate(raw: dict[str, Any], source: str, env: Mapping[str, str]) -> Settings:
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise _readable(exc, raw, source, env) from None
+
+
+def _readable(
+    exc: ValidationError, raw: dict[str, Any], source: str, env: Mapping[str, str]
+) -> ConfigError:
+    # A misspelt key also shows up as a missing one: report the misspelling, it is the cause.
+    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    error = errors[0]
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        problem = str(error["ctx"]["error"])
+    elif error["type"] == "extra_forbidden":
+        problem = "unknown key" + _known_keys(error["loc"][:-1])
+    elif error["type"] == "missing":
+        problem = "required key is missing"
+    else:
+        problem = error["msg"]
+        if "input" in error and not isinstance(error["input"], dict | list):
+            problem += f" (got {error['input']!r})"
+    key, label = _key_label(loc, raw)
+    env_name = ENV_PREFIX + "__".join(loc).upper()
+    if env_name in env:
+        source = f"env {env_name}"
+    return ConfigError(problem, source=source, key=f"{label}{key}")
+
+
+def _known_keys(parent: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] = Settings
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        inner = getattr(annotation, "__args__", (annotation,))[0]
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    return " (known keys: " + ", ".join(model.model_fields) + ")"
+
+
+def _key_label(loc: list[str], raw: dict[str, Any]) -> tuple[str, str]:
+    """Turn ('policies', '0', 'max_age') into "max_age" with label "policies[0] 'qa': "."""
+    if len(loc) >= 2 and loc[0] in ("policies", "holds") and loc[1].isdigit():
+        index = int(loc[1])
+        items = raw.get(loc[0], [])
+        name = (
+            items[index].get("name")
+            if index < len(items) and isinstance(items[index], dict)
+            else None
+        )
+        label = f"{loc[0]}[{index}]" + (f" {name!r}" if name else "")
+        rest = ".".join(p for p in loc[2:] if not p.isdigit()) or "(entry)"
+        return rest, label + ": "
+    return ".".join(loc), ""
+
+
+def _read_token(
+    token_file: Path | None, base: Path, env: Mapping[str, str], source: str
+) -> SecretStr | None:
+    value = env.get(TOKEN_ENV, "").strip()
+    if value:
+        return SecretStr(value)
+    if token_file is None:
+        return None
+    file = token_file if token_file.is_absolute() else base / token_file
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read token file {str(file)!r}: {exc.strerror}",
+            source=source,
+            key="api.token_file",
+        ) from None
+    if not text:
+        raise ConfigError(f"token file {str(file)!r} is empty", source=source, key="api.token_file")
+    return SecretStr(text)

@@ -1,0 +1,491 @@
+"""A fake of the CustomGPT conversation API (aiohttp.web) for tests, the demo and benchmarks.
+
+Faithful to DESIGN.md section 1: the ``{"status", "data"}`` envelope, Laravel paginators whose
+``per_page`` the client cannot choose, the real error bodies, bearer auth, the three timestamp
+formats, integer ``project_id`` and ``created_by``, 404 on a second delete, and rename bumping
+``updated_at``. On top of that it can misbehave on purpose (:class:`Fault`, :class:`RateLimit`,
+:class:`Arrival`, ``latency``) and it records every request it served (:class:`Served`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from retention.emulator_seed import EmuAgent, EmuConversation, EmulatorState
+
+DEFAULT_TOKEN = "emulator-token"
+API_PREFIX = "/api/v1"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RATE_HEADERS = web.RequestKey("rate_headers", dict)
+
+
+@dataclass
+class Fault:
+    """Misbehave on requests whose method and path (a glob, without the query) match.
+
+    ``times`` is how many matching requests it spoils (-1: all). Build one with the class
+    methods: ``Fault.status(503)``, ``Fault.malformed()``, ``Fault.html()``, ``Fault.reset()``,
+    ``Fault.delay(2.0)``, ``Fault.hang()``.
+    """
+
+    path: str = "*"
+    method: str = "*"
+    times: int = 1
+    status_code: int | None = None
+    body: str | None = None
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+    reset_connection: bool = False
+
+    @classmethod
+    def status(cls, code: int, path: str = "*", **kw: Any) -> Fault:
+        return cls(path=path, status_code=code, **kw)
+
+    @classmethod
+    def malformed(cls, path: str = "*", **kw: Any) -> Fault:
+        return cls(path=path, status_code=200, body='{"status":"success","data":{"current_pa', **kw)
+
+    @classmethod
+    def html(cls, path: str = "*", code: int = 502, **kw: Any) -> Fault:
+        page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+        return cls(path=path, status_code=code, body=page, content_type="text/html", **kw)
+
+    @classmethod
+    def reset(cls, path: str = "*", **kw: Any) -> Fault:
+        return cls(path=path, reset_connection=True, **kw)
+
+    @classmethod
+    def delay(cls, seconds: float, path: str = "*", **kw: Any) -> Fault:
+        return cls(path=path, delay_s=seconds, **kw)
+
+    @classmethod
+    def hang(cls, path: str = "*", **kw: Any) -> Fault:
+        return cls(path=path, delay_s=3600.0, **kw)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times == 0:
+            return False
+        return fnmatch.fnmatchcase(method, self.method) and fnmatch.fnmatchcase(path, self.path)
+
+
+@dataclass
+class RateLimit:
+    """At most ``limit`` requests per fixed ``window`` seconds, then 429 with Retry-After."""
+
+    limit: int
+    window: float = 60.0
+    _window_start: float = field(default=0.0, repr=False)
+    _used: int = field(default=0, repr=False)
+
+    def take(self, now: float) -> tuple[bool, int, float]:
+        """Count one request: (allowed, remaining, seconds until the window resets)."""
+        if now - self._window_start >= self.window:
+            self._window_start, self._used = now, 0
+        reset_in = self._window_start + self.window - now
+        if self._used >= self.limit:
+            return False, 0, reset_in
+        self._used += 1
+        return True, self.limit - self._used, reset_in
+
+
+@dataclass
+class Arrival:
+    """New conversations appear in ``agent_id`` just before a list page >= ``on_page`` is served."""
+
+    agent_id: int
+    count: int = 1
+    on_page: int = 2
+    times: int = 1
+    name: str = "Arrived {n}"
+    age_s: float = 0.0  # how old the arrivals already are (a due one: larger than a max_age)
+    _made: int = field(default=0, repr=False)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request the emulator answered (or dropped)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int  # 0 when the connection was reset
+    at: float  # time.monotonic() when the request arrived
+
+
+class Emulator:
+    """The fake API. ``app`` is the aiohttp application; :meth:`serve` runs it on loopback."""
+
+    def __init__(
+        self,
+        state: EmulatorState | None = None,
+        *,
+        token: str = DEFAULT_TOKEN,
+        per_page: int = 20,
+        latency: float = 0.0,
+        time_format: str = "iso",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.state = state if state is not None else EmulatorState()
+        self.token = token
+        self.per_page = per_page
+        self.latency = latency
+        # Conversations' timestamps: "iso" (2023-06-25T17:23:34.000000Z) or "plain"
+        # (2023-04-30 16:43:53); the real service has been seen sending both.
+        self.time_format = time_format
+        self.clock = clock
+        self.faults: list[Fault] = []
+        self.arrivals: list[Arrival] = []
+        self.rate_limit: RateLimit | None = None
+        self.served: list[Served] = []
+        self.app = self._build_app()
+
+    # ---- inspection helpers for tests and benchmarks ----------------------------------------
+
+    def calls(self, method: str | None = None, path: str = "*") -> list[Served]:
+        """Requests served, filtered by method and a glob on the path."""
+        return [
+            s
+            for s in self.served
+            if (method is None or s.method == method) and fnmatch.fnmatchcase(s.path, path)
+        ]
+
+    def live_sessions(self, agent_id: int) -> set[str]:
+        return set(self.state.agents[agent_id].conversations)
+
+    # ---- serving -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """Listen on ``host:port`` (0 picks a free port) and yield the API base URL."""
+        runner = web.AppRunner(self.app, shutdown_timeout=0.5, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        try:
+            yield f"http://{host}:{bound}{API_PREFIX}/"
+        finally:
+            await runner.cleanup()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        p = API_PREFIX + "/projects"
+        app.router.add_get(p, self._list_agents)
+        app.router.add_get(p + "/{agent}/settings", self._settings)
+        app.router.add_get(p + "/{agent}/conversations", self._list_conversations)
+        app.router.add_post(p + "/{agent}/conversations", self._create)
+        app.router.add_put(p + "/{agent}/conversations/{session}", self._rename)
+        app.router.add_delete(p + "/{agent}/conversations/{session}", self._delete)
+        app.router.add_get(p + "/{agent}/conversations/{session}/messages", self._messages)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        status = 0
+        arrived = time.monotonic()
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            response = await self._gate(request) or await self._injected(request)
+            if response is None:
+                try:
+                    response = await handler(request)
+                except web.HTTPNotFound:
+                    response = _error(request, 404, "Not Found")
+                except web.HTTPMethodNotAllowed:
+                    response = _error(request, 405, "Method Not Allowed")
+                except _Abort as abort:
+                    response = abort.response
+            status = response.status
+            return response
+        finally:
+            self.served.append(Served(request.method, path, dict(request.query), status, arrived))
+
+    async def _gate(self, request: web.Request) -> web.StreamResponse | None:
+        """Auth first, as the real service does, then the rate limit."""
+        if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+            return _error(request, 401, "API Token is either missing or invalid")
+        if self.rate_limit is None:
+            return None
+        allowed, remaining, reset_in = self.rate_limit.take(time.monotonic())
+        headers = {
+            "X-RateLimit-Limit": str(self.rate_limit.limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(int(time.time() + reset_in)),
+        }
+        if allowed:
+            request[RATE_HEADERS] = headers
+            return None
+        headers["Retry-After"] = str(max(1, math.ceil(reset_in)))
+        response = _error(request, 429, "Too Many Requests")
+        response.headers.update(headers)
+        return response
+
+    async def _injected(self, request: web.Request) -> web.StreamResponse | None:
+        fault = next((f for f in self.faults if f.matches(request.method, request.path)), None)
+        if fault is None:
+            return None
+        if fault.times > 0:
+            fault.times -= 1
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.reset_connection:
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # nothing more to send: the peer sees a reset
+        if fault.status_code is None:
+            return None  # only a delay
+        if fault.body is not None:
+            return web.Response(
+                status=fault.status_code, text=fault.body, content_type=fault.content_type
+            )
+        return _error(request, fault.status_code, _REASONS.get(fault.status_code, "Error"))
+
+    # ---- the API -----------------------------------------------------------------------------
+
+    def _agent(self, request: web.Request) -> EmuAgent:
+        try:
+            agent = self.state.agents.get(int(request.match_info["agent"]))
+        except ValueError:
+            agent = None
+        if agent is None:
+            # The vendor renamed "Project" to "Agent" in messages; clients decide on status only.
+            message = f"Agent with id {request.match_info['agent']} not found"
+            raise _Abort(_error(request, 404, message))
+        return agent
+
+    async def _list_agents(self, request: web.Request) -> web.StreamResponse:
+        agents = sorted(self.state.agents.values(), key=lambda a: a.id, reverse=True)
+        items = [_agent_json(a) for a in agents]
+        return self._ok(request, _paginate(request, items, self.per_page))
+
+    async def _settings(self, request: web.Request) -> web.StreamResponse:
+        agent = self._agent(request)
+        data = {
+            "chatbot_avatar": None,
+            "default_prompt": "Ask me anything",
+            "response_source": "own_content",
+            "conversation_retention_period": agent.retention_period,
+            "conversation_retention_days": agent.retention_days,
+        }
+        return self._ok(request, data)
+
+    async def _list_conversations(self, request: web.Request) -> web.StreamResponse:
+        agent = self._agent(request)
+        page = _int_param(request, "page", 1)
+        self._arrive(agent, page)
+        items = list(agent.conversations.values())
+        user_filter = request.query.get("userFilter", "all")
+        if user_filter == "anonymous":
+            items = [c for c in items if c.created_by is None]
+        elif user_filter == "team_member":
+            items = [c for c in items if c.created_by is not None]
+        if name := request.query.get("name"):
+            items = [c for c in items if name.lower() in c.name.lower()]
+        order_by = request.query.get("orderBy", "id")
+        key: Callable[[EmuConversation], Any] = (
+            (lambda c: (c.created_at, c.id)) if order_by == "created_at" else (lambda c: c.id)
+        )
+        items.sort(key=key, reverse=request.query.get("order", "desc") != "asc")
+        return self._ok(
+            request, _paginate(request, [self._conv_json(c) for c in items], self.per_page)
+        )
+
+    def _arrive(self, agent: EmuAgent, page: int) -> None:
+        for arrival in self.arrivals:
+            if arrival.agent_id != agent.id or page < arrival.on_page or arrival.times == 0:
+                continue
+            arrival.times -= 1
+            for _ in range(arrival.count):
+                arrival._made += 1
+                created = self.clock().timestamp() - arrival.age_s
+                self.state.add_conversation(
+                    agent.id,
+                    arrival.name.replace("{n}", str(arrival._made)),
+                    created_at=datetime.fromtimestamp(created, UTC),
+                )
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        agent = self._agent(request)
+        body = await _json_body(request)
+        name = body.get("name") or "New conversation"
+        if not isinstance(name, str):
+            return _error(request, 400, "The name must be a string")
+        conversation = self.state.add_conversation(
+            agent.id, name, created_at=self.clock(), created_by=None
+        )
+        return self._ok(request, self._conv_json(conversation), status=201)
+
+    async def _rename(self, request: web.Request) -> web.StreamResponse:
+        conversation = self._conversation(request)
+        body = await _json_body(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            return _error(request, 400, "The name field is required")
+        conversation.name = name
+        conversation.updated_at = self.clock()
+        return self._ok(request, self._conv_json(conversation))
+
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
+        conversation = self._conversation(request)
+        del self.state.agents[conversation.project_id].conversations[conversation.session_id]
+        return self._ok(request, {"deleted": True})
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        conversation = self._conversation(request)
+        stamps = list(enumerate(sorted(conversation.messages), start=1))
+        if request.query.get("order", "desc") != "asc":
+            stamps.reverse()
+        items = [_message_json(conversation, n, at) for n, at in stamps]
+        data = {
+            "conversation": self._conv_json(conversation),
+            "messages": _paginate(request, items, self.per_page),
+        }
+        return self._ok(request, data)
+
+    def _conversation(self, request: web.Request) -> EmuConversation:
+        agent = self._agent(request)
+        conversation = agent.conversations.get(request.match_info["session"])
+        if conversation is None:
+            raise _Abort(_error(request, 404, "Conversation not found"))
+        return conversation
+
+    def _conv_json(self, c: EmuConversation) -> dict[str, Any]:
+        stamp = plain if self.time_format == "plain" else iso_z
+        return {
+            "id": c.id,
+            "name": c.name,
+            "project_id": c.project_id,
+            "created_by": c.created_by,
+            "session_id": c.session_id,
+            "created_at": stamp(c.created_at),
+            "updated_at": stamp(c.updated_at),
+            "deleted_at": None,
+        }
+
+    def _ok(self, request: web.Request, data: Any, *, status: int = 200) -> web.Response:
+        response = web.json_response({"status": "success", "data": data}, status=status)
+        response.headers.update(request.get(RATE_HEADERS, {}))
+        return response
+
+
+class _Abort(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _error(request: web.Request, code: int, message: str) -> web.Response:
+    body = {"status": "error", "url": str(request.url), "data": {"code": code, "message": message}}
+    return web.Response(status=code, text=json.dumps(body), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _Abort(_error(request, 400, "The request body must be JSON")) from None
+    if not isinstance(body, dict):
+        raise _Abort(_error(request, 400, "The request body must be a JSON object"))
+    return body
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    try:
+        return max(1, int(request.query.get(name, default)))
+    except ValueError:
+        raise _Abort(_error(request, 400, f"The {name} must be an integer")) from None
+
+
+def _paginate(request: web.Request, items: list[Any], per_page: int) -> dict[str, Any]:
+    page = _int_param(request, "page", 1)
+    total = len(items)
+    last_page = max(1, math.ceil(total / per_page))
+    chunk = items[(page - 1) * per_page : page * per_page]
+    base = request.url.with_query(None)
+
+    def url(n: int) -> str:
+        return str(base.update_query({**request.query, "page": str(n)}))
+
+    first = (page - 1) * per_page + 1
+    return {
+        "current_page": page,
+        "data": chunk,
+        "first_page_url": url(1),
+        "from": first if chunk else None,
+        "last_page": last_page,
+        "last_page_url": url(last_page),
+        "next_page_url": url(page + 1) if page < last_page else None,
+        "path": str(base),
+        "per_page": per_page,
+        "prev_page_url": url(page - 1) if page > 1 else None,
+        "to": first + len(chunk) - 1 if chunk else None,
+        "total": total,
+    }
+
+
+def iso_z(moment: datetime) -> str:
+    """``2023-06-25T17:23:34.000000Z``: conversations' timestamps (whole seconds, as served)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+
+
+def plain(moment: datetime) -> str:
+    """``2023-04-30 16:43:53``: agents' timestamps (UTC)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def twelve_hour(moment: datetime) -> str:
+    """``25 Jun 2023 05:01:11``: message lists' timestamps, 12-hour clock without AM/PM."""
+    return moment.astimezone(UTC).strftime("%d %b %Y %I:%M:%S")
+
+
+def _agent_json(a: EmuAgent) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "project_name": a.name,
+        "is_chat_active": True,
+        "type": "SITEMAP",
+        "created_at": plain(a.created_at),
+        "updated_at": plain(a.created_at),
+        "deleted_at": None,
+    }
+
+
+def _message_json(c: EmuConversation, n: int, at: datetime) -> dict[str, Any]:
+    # No content worth keeping: the daemon reads only the time. Ids are unique per conversation.
+    return {
+        "id": c.id * 1000 + n,
+        "user_id": c.created_by,
+        "user_query": f"question {n}",
+        "openai_response": f"answer {n}",
+        "created_at": twelve_hour(at),
+        "updated_at": twelve_hour(at),
+        "conversation_id": c.id,
+        "citations": [],
+    }

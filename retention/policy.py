@@ -1,0 +1,257 @@
+"""Pure policy logic: conversation facts + policies + holds + now -> a Decision.
+
+No I/O happens here and nothing reads a clock: ``now`` is always an argument.
+
+Precedence (DESIGN.md section 4):
+1. a hold that matches wins: the conversation is never deleted;
+2. a per-conversation TTL (given at create or track time) decides next;
+3. otherwise the first policy, in file order, whose every matcher accepts the conversation;
+4. no match: never deleted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from retention.models import (
+    AgeFrom,
+    ConversationFacts,
+    Creator,
+    Decision,
+    DecisionKind,
+    Origin,
+)
+from retention.timefmt import format_duration
+
+ALL_AGENTS = "*"
+TTL_RULE = "ttl"  # the rule name recorded when a per-conversation TTL decides
+BROAD_MAX_AGE = timedelta(hours=1)
+
+
+class RuleError(ValueError):
+    """A policy or hold is invalid; names its section, index, name and key."""
+
+    def __init__(self, section: str, index: int, name: str | None, key: str, problem: str) -> None:
+        self.section, self.index, self.rule_name = section, index, name
+        self.key, self.problem = key, problem
+        label = f"{section}[{index}]" + (f" {name!r}" if name else "")
+        super().__init__(f"{label}: {key}: {problem}")
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """fnmatch rules on the whole name, case-insensitive. Rejects empty and unbalanced globs."""
+    if not pattern.strip():
+        raise ValueError("empty glob")
+    if not _brackets_balanced(pattern):
+        raise ValueError(f"invalid glob {pattern!r}: unclosed '['")
+    return re.compile(fnmatch.translate(pattern), re.IGNORECASE)
+
+
+def _brackets_balanced(pattern: str) -> bool:
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            j = i + 1
+            if j < len(pattern) and pattern[j] == "!":
+                j += 1
+            if j < len(pattern) and pattern[j] == "]":
+                j += 1
+            close = pattern.find("]", j)
+            if close < 0:
+                return False
+            i = close
+        i += 1
+    return True
+
+
+def compile_regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Matcher:
+    """What policies and holds share: agents, name globs, name regex. All given must accept."""
+
+    agents: frozenset[int] | None = None  # None means every agent ("*")
+    name_matches: tuple[str, ...] = ()
+    name_regex: str | None = None
+    _globs: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_globs", tuple(compile_glob(g) for g in self.name_matches))
+        regex = compile_regex(self.name_regex) if self.name_regex is not None else None
+        object.__setattr__(self, "_regex", regex)
+
+    def accepts_agent(self, agent_id: int) -> bool:
+        return self.agents is None or agent_id in self.agents
+
+    def accepts_name(self, name: str) -> bool:
+        if self._globs and not any(g.match(name) for g in self._globs):
+            return False
+        return self._regex is None or self._regex.search(name) is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy(Matcher):
+    """Delete conversations this policy matches once they are older than ``max_age``."""
+
+    name: str = ""
+    max_age: timedelta = timedelta(days=30)
+    age_from: AgeFrom = AgeFrom.CREATED
+    user_type: Creator | None = None  # None: any creator
+    origins: frozenset[Origin] | None = None  # None: any origin
+    confirm_broad: bool = False
+    dry_run: bool = False
+
+    def matches(self, facts: ConversationFacts) -> bool:
+        if not self.accepts_agent(facts.agent_id) or not self.accepts_name(facts.name):
+            return False
+        # A creator that is not known yet never satisfies a user_type rule: better late than wrong.
+        if self.user_type is not None and facts.creator != self.user_type:
+            return False
+        return self.origins is None or facts.origin in self.origins
+
+    @property
+    def is_broad(self) -> bool:
+        """Every conversation of every agent, and quickly: the shape of a typo that costs data."""
+        narrowed = (
+            self.agents is not None
+            or self.name_matches
+            or self.name_regex is not None
+            or self.user_type is not None
+            or self.origins is not None
+        )
+        return not narrowed and self.max_age < BROAD_MAX_AGE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hold(Matcher):
+    """Conversations a hold matches are never deleted.
+
+    Within its agents, a hold takes a conversation when *any* of its selectors does: one of its
+    session ids, one of its globs, or its regex. A hold with no selector takes every conversation
+    of its agents. (Policies narrow, holds widen: both err on the side of keeping.)
+    """
+
+    name: str = ""
+    session_ids: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "session_ids", frozenset(s.lower() for s in self.session_ids))
+
+    def matches(self, facts: ConversationFacts) -> bool:
+        if not self.accepts_agent(facts.agent_id):
+            return False
+        if not (self.session_ids or self._globs or self._regex is not None):
+            return True
+        if facts.session_id.lower() in self.session_ids:
+            return True
+        if any(g.match(facts.name) for g in self._globs):
+            return True
+        return self._regex is not None and self._regex.search(facts.name) is not None
+
+
+def validate_rules(policies: Sequence[Policy], holds: Sequence[Hold] = ()) -> None:
+    """Check what a single rule cannot check about itself. Raises RuleError on the first problem."""
+    _check_names("policies", [p.name for p in policies])
+    _check_names("holds", [h.name for h in holds])
+    for index, policy in enumerate(policies):
+        if policy.name == TTL_RULE:
+            raise RuleError("policies", index, policy.name, "name", f"{TTL_RULE!r} is reserved")
+        if policy.max_age <= timedelta(0):
+            raise RuleError("policies", index, policy.name, "max_age", "must be greater than zero")
+        if policy.is_broad and not policy.confirm_broad:
+            raise RuleError(
+                "policies",
+                index,
+                policy.name,
+                "confirm_broad",
+                f"applies to every conversation of every agent with max_age "
+                f"{format_duration(policy.max_age)} (under 1h); narrow it or set "
+                "confirm_broad = true",
+            )
+
+
+def _check_names(section: str, names: Iterable[str]) -> None:
+    """Names are unique without regard to case: the audit trail must say which rule acted."""
+    seen: dict[str, tuple[int, str]] = {}
+    for index, name in enumerate(names):
+        if not name.strip():
+            raise RuleError(section, index, None, "name", "must not be empty")
+        key = name.casefold()
+        if key in seen:
+            first, original = seen[key]
+            raise RuleError(
+                section, index, name, "name", f"duplicate of {section}[{first}] {original!r}"
+            )
+        seen[key] = (index, name)
+
+
+def decide(
+    facts: ConversationFacts,
+    *,
+    policies: Sequence[Policy],
+    holds: Sequence[Hold],
+    now: datetime,
+) -> Decision:
+    """Decide whether and when a conversation is to be deleted, and say why."""
+    for hold in holds:
+        if hold.matches(facts):
+            return Decision(DecisionKind.HELD, hold.name, None, f"held by {hold.name!r}")
+    if facts.ttl is not None:
+        start = facts.ttl_from or facts.created_at
+        due = start + facts.ttl
+        why = f"own TTL {format_duration(facts.ttl)} from {_stamp(start)}; {_when(due, now)}"
+        return Decision(DecisionKind.TTL, TTL_RULE, due, why)
+    for policy in policies:
+        if policy.matches(facts):
+            return _policy_decision(policy, facts, now)
+    return Decision(DecisionKind.NO_MATCH, None, None, "no policy matches: kept")
+
+
+def _policy_decision(policy: Policy, facts: ConversationFacts, now: datetime) -> Decision:
+    provisional = False
+    if policy.age_from is AgeFrom.CREATED:
+        start, clock = facts.created_at, "created"
+    elif policy.age_from is AgeFrom.UPDATED:
+        start, clock = facts.updated_at, "updated"
+    elif facts.last_activity_at is not None:
+        start, clock = max(facts.last_activity_at, facts.created_at), "last activity"
+    else:
+        # Newest message unknown: activity is no earlier than creation (or a rename), so this is
+        # a lower bound on the due time. The engine confirms it before deleting anything.
+        start, clock = max(facts.created_at, facts.updated_at), "created/updated (unconfirmed)"
+        provisional = True
+    due = start + policy.max_age
+    age = format_duration(now - start)
+    why = (
+        f"policy {policy.name!r}: max_age {format_duration(policy.max_age)} from {clock}, "
+        f"age {age}; {_when(due, now)}"
+    )
+    return Decision(
+        DecisionKind.POLICY,
+        policy.name,
+        due,
+        why,
+        dry_run=policy.dry_run,
+        provisional=provisional,
+    )
+
+
+def _when(due: datetime, now: datetime) -> str:
+    if due <= now:
+        return f"due since {format_duration(now - due)}"
+    return f"due in {format_duration(due - now)}"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")

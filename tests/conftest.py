@@ -1,0 +1,82 @@
+"""Shared fixtures: a real emulator on a loopback port and real clients talking to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from retention.budget import RequestBudget
+from retention.client import CustomGPTClient
+from retention.emulator import DEFAULT_TOKEN, Emulator
+from retention.emulator_seed import EmulatorState
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def small_state(*, agent_id: int = 532, conversations: int = 45) -> EmulatorState:
+    """One agent with ``conversations`` conversations, one a minute, oldest first."""
+    now = datetime.now(UTC)
+    state = EmulatorState()
+    state.add_agent(agent_id, "Support bot", created_at=now - timedelta(days=400))
+    for n in range(conversations):
+        state.add_conversation(
+            agent_id,
+            f"Chat {n}",
+            created_at=now - timedelta(minutes=conversations - n),
+            created_by=None if n % 2 else 17,
+        )
+    return state
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    return Emulator(small_state())
+
+
+@pytest.fixture
+async def api_url(emulator: Emulator) -> AsyncIterator[str]:
+    async with emulator.serve() as url:
+        yield url
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+ClientFactory = Callable[..., CustomGPTClient]
+
+
+@pytest.fixture
+def make_client(http: aiohttp.ClientSession, api_url: str) -> ClientFactory:
+    """Build a client against the emulator; fast backoff so retries do not slow the suite."""
+
+    def build(**overrides: Any) -> CustomGPTClient:
+        budget = overrides.pop("budget", None) or RequestBudget(6000, burst=50)
+        options: dict[str, Any] = {
+            "base_url": api_url,
+            "token": SecretStr(overrides.pop("token", DEFAULT_TOKEN)),
+            "budget": budget,
+            "max_attempts": 3,
+            "backoff_initial": 0.01,
+            "backoff_max": 0.05,
+            "request_timeout": timedelta(seconds=5),
+        }
+        options.update(overrides)
+        return CustomGPTClient(http, **options)
+
+    return build
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> CustomGPTClient:
+    return make_client()
