@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retention import __version__, logs
+from retention import __version__, commands, logs
 from retention.config import TOKEN_ENV, Settings, config_path, load_config
 from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit
 from retention.emulator_seed import load_seed, sample_state
@@ -49,6 +49,43 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits 0 when valid, 2 with one line naming the file, the key and the problem.",
     )
     _config_option(check)
+
+    plan = commands.add_parser(
+        "plan",
+        help="discover and show what is due, when and by which rule; deletes nothing",
+        description="Discover conversations (updating the local store) and print the ones that "
+        "are due now, with their rule and due time. Sends only GET requests.",
+    )
+    _config_option(plan)
+    plan.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
+
+    once = commands.add_parser(
+        "once",
+        help="one full sweep (discover, evaluate, delete what is due), then exit",
+        description="Run one sweep and exit: 0 when it succeeded, 1 when it or a deletion failed.",
+    )
+    _config_option(once)
+    once.add_argument(
+        "--dry-run", action="store_true", help="delete nothing; audit what would be deleted"
+    )
+
+    run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
+    _config_option(run)
+
+    status = commands.add_parser(
+        "status",
+        help="store figures per agent: tracked, due, overdue, held, deleted in 24h",
+        description="Print figures from the local store. Makes no API call.",
+    )
+    _config_option(status)
+
+    db = commands.add_parser("db", help="store maintenance", description="Store maintenance.")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
+    db_commands.required = True
+    upgrade = db_commands.add_parser(
+        "upgrade", help="apply pending migrations", description="Apply pending migrations."
+    )
+    _config_option(upgrade)
 
     emulate = commands.add_parser(
         "emulate",
@@ -84,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "emulate":
             return _emulate(args)
+        settings = _load(args)
+        secret = [settings.token.get_secret_value()] if settings.token else []
+        logs.configure(level=settings.log.level, fmt=settings.log.format, secrets=secret)
+        return asyncio.run(_dispatch(args, settings))
     except ConfigError as exc:
         print(f"retention: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -92,6 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "plan":
+        return await commands.plan(settings, as_json=args.json)
+    if args.command == "once":
+        return await commands.once(settings, dry_run=args.dry_run)
+    if args.command == "run":
+        return await commands.run(settings)
+    if args.command == "status":
+        return await commands.status(settings)
+    if args.command == "db":
+        return await commands.db_upgrade(settings)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
 
 

@@ -11,6 +11,7 @@ retries. Every attempt, retried or not, is counted in :class:`~retention.budget.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -38,6 +39,7 @@ from retention.models import (
     Conversation,
     ConversationPage,
     DeleteOutcome,
+    Listing,
 )
 from retention.timefmt import parse_timestamp
 
@@ -117,29 +119,43 @@ class CustomGPTClient:
                 return
             page += 1
 
-    async def iter_conversations(self, agent_id: int) -> AsyncIterator[Conversation]:
-        """Every conversation of an agent, each once, newest first.
+    async def list_conversations(self, agent_id: int, *, newer_than: int | None = None) -> Listing:
+        """Walk an agent's conversations, newest first; each conversation once.
 
-        Arrivals during the walk push items down a page: we see some twice and drop the copies.
-        When the total grew while we walked, the new ones sit on the first pages we already read,
-        so we re-read from page 1 until we reach an id we had seen (a call or two, and only then).
+        With ``newer_than`` (incremental discovery) the walk stops after the first page that
+        holds an id at or below it: ids only fall from there on. Arrivals during the walk push
+        items down a page; we see some twice and drop the copies. When the total grew while we
+        walked, the new ones sit on pages already read, so we re-read from page 1 until we meet
+        an id we had seen: a call or two, and only then.
         """
-        seen: set[int] = set()
-        first_total: int | None = None
-        last_total = 0
+        seen: dict[int, Conversation] = {}
+        totals: list[int] = []
+        pages = 0
+        reached_end = True
         async for page in self.iter_pages(agent_id):
-            first_total = page.total if first_total is None else first_total
-            last_total = page.total
-            for conversation in _unseen(page.items, seen):
-                yield conversation
-        if first_total is None or last_total <= first_total or not seen:
-            return
-        known_newest = max(seen)
-        async for page in self.iter_pages(agent_id):
-            for conversation in _unseen(page.items, seen):
-                yield conversation
-            if any(c.id <= known_newest for c in page.items):
-                return
+            pages += 1
+            totals.append(page.total)
+            seen.update((c.id, c) for c in page.items if c.id not in seen)
+            if newer_than is not None and any(c.id <= newer_than for c in page.items):
+                reached_end = page.page >= page.last_page
+                break
+        if len(totals) > 0 and totals[-1] > totals[0] and seen:
+            known_newest = max(seen)
+            async for page in self.iter_pages(agent_id):
+                pages += 1
+                totals.append(page.total)
+                seen.update((c.id, c) for c in page.items if c.id not in seen)
+                if any(c.id <= known_newest for c in page.items):
+                    break
+        shrank = any(later < earlier for earlier, later in itertools.pairwise(totals))
+        final_total = totals[-1] if totals else 0
+        return Listing(
+            agent_id=agent_id,
+            conversations=tuple(sorted(seen.values(), key=lambda c: c.id, reverse=True)),
+            pages=pages,
+            total=final_total,
+            complete=reached_end and not shrank and len(seen) >= final_total,
+        )
 
     async def create_conversation(self, agent_id: int, name: str) -> Conversation:
         return await self._request(
@@ -358,12 +374,6 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}"
     return str(exc) or type(exc).__name__
-
-
-def _unseen(items: tuple[Conversation, ...], seen: set[int]) -> list[Conversation]:
-    fresh = [c for c in items if c.id not in seen]
-    seen.update(c.id for c in fresh)
-    return fresh
 
 
 def _paginator(response: _Response) -> dict[str, Any]:

@@ -146,6 +146,8 @@ class Emulator:
         self.clock = clock
         self.faults: list[Fault] = []
         self.arrivals: list[Arrival] = []
+        # Called with (agent, page) before a list page is served: tests delete or add here.
+        self.before_list: list[Callable[[EmuAgent, int], None]] = []
         self.rate_limit: RateLimit | None = None
         self.served: list[Served] = []
         self.app = self._build_app()
@@ -286,6 +288,8 @@ class Emulator:
         agent = self._agent(request)
         page = _int_param(request, "page", 1)
         self._arrive(agent, page)
+        for hook in self.before_list:
+            hook(agent, page)
         items = list(agent.conversations.values())
         user_filter = request.query.get("userFilter", "all")
         if user_filter == "anonymous":

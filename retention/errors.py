@@ -2,6 +2,7 @@
 
     RetentionError
      +-- ConfigError            bad config file, key or policy (exit code 2)
+     +-- StoreError             the local database cannot be opened, migrated, read or written
      +-- ApiError               a CustomGPT call failed; carries the call kind and HTTP status
           +-- TransientApiError 5xx, timeout, reset, malformed body: retried within bounds
           |    +-- RateLimited  429; the whole request budget pauses
@@ -29,6 +30,10 @@ class ConfigError(RetentionError):
         self.problem = message
         parts = [p for p in (source, key) if p]
         super().__init__(": ".join([*parts, message]))
+
+
+class StoreError(RetentionError):
+    """The local store failed; the message says which operation and why."""
 
 
 class ApiError(RetentionError):

@@ -76,5 +76,6 @@ def configure(
     handler._retention = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for noisy in ("aiohttp.access", "alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler

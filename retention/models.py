@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 
@@ -74,6 +74,20 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class Listing:
+    """One walk over an agent's conversation list."""
+
+    agent_id: int
+    conversations: tuple[Conversation, ...]
+    pages: int
+    total: int  # the paginator's total on the last page read
+    # True only for a walk to the last page during which the total never shrank and which saw
+    # as many distinct conversations as the total: then nothing was skipped, and what it did
+    # not see is gone. Deletions by others during a walk shift pages and cause silent skips.
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationPage:
     """One page of an agent's conversation list, with the paginator's own figures."""
 
@@ -127,6 +141,143 @@ class Decision:
     # True when the policy runs on last activity but the newest message is not known yet:
     # due_at is then a lower bound that must be confirmed before anything is deleted.
     provisional: bool = False
+    age_from: AgeFrom | None = None  # the deciding policy's clock (None: not a policy)
 
     def is_due(self, now: datetime) -> bool:
         return self.due_at is not None and self.due_at <= now
+
+
+class State(enum.StrEnum):
+    """Where a tracked conversation stands."""
+
+    ACTIVE = "active"  # known, not held; due_at says when (None: never)
+    HELD = "held"  # a hold matches: never deleted while it does
+    DELETING = "deleting"  # a DELETE was decided and may have been sent: resolve it
+    DELETED = "deleted"  # we deleted it
+    GONE = "gone"  # it vanished remotely (deleted elsewhere, or a 404 on our DELETE)
+
+
+TERMINAL_STATES = frozenset({State.DELETED, State.GONE})
+
+
+class AuditOutcome(enum.StrEnum):
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"  # would have been deleted
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedConversation:
+    """A conversation as the store knows it: facts, the last decision, and its state."""
+
+    agent_id: int
+    session_id: str
+    remote_id: int | None
+    name: str
+    created_by: int | None
+    created_at: datetime
+    updated_at: datetime
+    origin: Origin
+    state: State
+    last_activity_at: datetime | None = None
+    activity_checked_at: datetime | None = None
+    ttl: timedelta | None = None
+    ttl_from: datetime | None = None
+    due_at: datetime | None = None
+    rule: str | None = None
+    reason: str | None = None
+    provisional: bool = False
+    attempts: int = 0
+    last_error: str | None = None
+    dry_run_noted_at: datetime | None = None
+    first_seen: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def creator(self) -> Creator | None:
+        if self.origin is not Origin.DISCOVERED and self.remote_id is None:
+            return None  # not listed yet: who opened it is not known
+        return Creator.ANONYMOUS if self.created_by is None else Creator.TEAM_MEMBER
+
+    def facts(self) -> ConversationFacts:
+        return ConversationFacts(
+            agent_id=self.agent_id,
+            session_id=self.session_id,
+            name=self.name,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            origin=self.origin,
+            creator=self.creator,
+            last_activity_at=self.last_activity_at,
+            ttl=self.ttl,
+            ttl_from=self.ttl_from,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """What the store keeps about an agent between sweeps."""
+
+    id: int
+    name: str
+    sync_cursor: int | None = None  # the highest conversation id seen
+    last_full_sync_at: datetime | None = None
+    platform_retention_period: str | None = None
+    platform_retention_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    at: datetime
+    agent_id: int
+    session_id: str
+    name: str
+    rule: str | None
+    age: timedelta
+    outcome: AuditOutcome
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep did, counted. Logged as one line at the end of every sweep."""
+
+    kind: str  # "once", "discover", "delete" or "plan"
+    started_at: datetime
+    dry_run: bool = False
+    finished_at: datetime | None = None
+    agents: int = 0
+    pages: int = 0
+    listed: int = 0
+    new: int = 0
+    gone: int = 0
+    due: int = 0
+    deleted: int = 0
+    already_gone: int = 0
+    failed: int = 0
+    would_delete: int = 0
+    postponed: int = 0  # a recent message pushed the due time forward
+    api_calls: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary(self) -> str:
+        calls = sum(self.api_calls.values())
+        kinds = ",".join(f"{k}={v}" for k, v in sorted(self.api_calls.items()))
+        seconds = (self.finished_at - self.started_at).total_seconds() if self.finished_at else 0.0
+        parts = [
+            f"sweep {self.kind}{' (dry-run)' if self.dry_run else ''}",
+            f"{'ok' if self.ok else 'FAILED'} in {seconds:.1f}s:",
+            f"agents={self.agents} pages={self.pages} listed={self.listed} new={self.new}",
+            f"gone={self.gone} due={self.due} deleted={self.deleted}",
+            f"already_gone={self.already_gone} failed={self.failed}",
+            f"would_delete={self.would_delete} postponed={self.postponed}",
+            f"api_calls={calls}" + (f" ({kinds})" if kinds else ""),
+        ]
+        if self.error:
+            parts.append(f"error={self.error}")
+        return " ".join(parts)

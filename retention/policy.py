@@ -244,6 +244,7 @@ def _policy_decision(policy: Policy, facts: ConversationFacts, now: datetime) ->
         why,
         dry_run=policy.dry_run,
         provisional=provisional,
+        age_from=policy.age_from,
     )
 
 

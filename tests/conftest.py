@@ -15,6 +15,9 @@ from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.emulator import DEFAULT_TOKEN, Emulator
 from retention.emulator_seed import EmulatorState
+from retention.engine import Engine, EngineOptions, Rules
+from retention.policy import Hold, Policy
+from retention.store import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parent.parent
@@ -80,3 +83,26 @@ def make_client(http: aiohttp.ClientSession, api_url: str) -> ClientFactory:
 @pytest.fixture
 def client(make_client: ClientFactory) -> CustomGPTClient:
     return make_client()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite file, built by the migrations."""
+    opened = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}")
+    yield opened
+    await opened.close()
+
+
+EngineFactory = Callable[..., Engine]
+
+
+@pytest.fixture
+def make_engine(client: CustomGPTClient, store: Store) -> EngineFactory:
+    def build(
+        policies: tuple[Policy, ...] = (),
+        holds: tuple[Hold, ...] = (),
+        **options: Any,
+    ) -> Engine:
+        return Engine(client, store, Rules(policies, holds), options=EngineOptions(**options))
+
+    return build

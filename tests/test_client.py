@@ -11,6 +11,7 @@ import pytest
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.emulator import Arrival, Emulator, Fault, RateLimit
+from retention.emulator_seed import EmuAgent
 from retention.errors import (
     AuthError,
     BadRequestError,
@@ -26,7 +27,7 @@ LIST_PATH = "/api/v1/projects/532/conversations"
 
 
 async def _all(client: CustomGPTClient, agent_id: int = 532) -> list[int]:
-    return [c.id async for c in client.iter_conversations(agent_id)]
+    return [c.id for c in (await client.list_conversations(agent_id)).conversations]
 
 
 async def test_walks_every_page_with_an_odd_per_page(
@@ -64,6 +65,34 @@ async def test_arrivals_during_listing_miss_nothing_and_repeat_nothing(
     assert len(after) == len(before) + 8
     assert len(ids) == len(set(ids)), "arrivals push items down a page: copies are dropped"
     assert set(ids) == after, "both the old and the arrived conversations are all seen"
+
+
+async def test_a_full_quiet_walk_is_complete(emulator: Emulator, client: CustomGPTClient) -> None:
+    listing = await client.list_conversations(532)
+    assert listing.complete and listing.pages == 3 and listing.total == 45
+
+
+async def test_deletions_elsewhere_during_a_walk_make_it_incomplete(
+    emulator: Emulator, client: CustomGPTClient
+) -> None:
+    def delete_newest(agent: EmuAgent, page: int) -> None:
+        if page == 2:
+            del agent.conversations[next(reversed(agent.conversations))]
+
+    emulator.before_list.append(delete_newest)
+    listing = await client.list_conversations(532)
+    assert not listing.complete, "a shrinking total means items shifted up and were skipped"
+
+
+async def test_incremental_walk_stops_at_the_first_page_reaching_the_cursor(
+    emulator: Emulator, client: CustomGPTClient
+) -> None:
+    newest = max(c.id for c in emulator.state.agents[532].conversations.values())
+    listing = await client.list_conversations(532, newer_than=newest)
+    assert listing.pages == 1 and not listing.complete
+    listing = await client.list_conversations(532, newer_than=newest - 25)
+    assert listing.pages == 2
+    assert {c.id for c in listing.conversations} >= set(range(newest - 24, newest + 1))
 
 
 async def test_rate_limit_pauses_every_concurrent_caller_for_retry_after(
@@ -221,7 +250,7 @@ async def test_conversation_timestamps_parse_in_both_list_formats(
 ) -> None:
     emulator.time_format = time_format
     stored = {c.id: c for c in emulator.state.agents[532].conversations.values()}
-    async for conversation in client.iter_conversations(532):
+    for conversation in (await client.list_conversations(532)).conversations:
         expected = stored[conversation.id].created_at.replace(microsecond=0)
         assert conversation.created_at == expected
         assert conversation.created_at.tzinfo is UTC

@@ -1,0 +1,185 @@
+"""The daemon: APScheduler 3.x runs discovery and deletion sweeps; signals stop it gracefully.
+
+This is the only module that imports APScheduler. Jobs are rebuilt from the configuration at
+every start (in-memory job store). Each job is one sweep, ``max_instances=1`` and
+``coalesce=True``: a slow sweep delays the next instead of piling up. A sweep that fails is
+logged with its traceback and the daemon runs on. On SIGTERM or SIGINT the daemon stops taking
+work, lets running sweeps finish their current item (bounded by ``stop_timeout``), and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from retention.engine import Engine
+from retention.errors import ConfigError
+from retention.models import SweepReport
+from retention.timefmt import format_duration
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When a job runs: every ``every``, or on the cron expression when one is given."""
+
+    every: timedelta
+    cron: str | None = None
+
+    def trigger(self, key: str) -> BaseTrigger:
+        if self.cron is None:
+            return IntervalTrigger(seconds=self.every.total_seconds(), timezone=UTC)
+        try:
+            return CronTrigger.from_crontab(self.cron, timezone=UTC)
+        except ValueError as exc:
+            raise ConfigError(f"invalid cron expression {self.cron!r}: {exc}", key=key) from None
+
+
+@dataclass
+class Health:
+    """What the admin surface reports about the sweeps."""
+
+    started_at: datetime
+    last_success_at: datetime | None = None
+    failing_since: datetime | None = None
+    last_report: SweepReport | None = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        discover: Cadence,
+        delete: Cadence,
+        stop_timeout: float = 30.0,
+        on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.discover = discover
+        self.delete = delete
+        self.stop_timeout = stop_timeout
+        self.on_reload = on_reload
+        self.health = Health(started_at=engine.clock())
+        self._stop = asyncio.Event()
+        self._running: set[asyncio.Task[object]] = set()
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            logger.info("stopping: no new sweeps; waiting for running ones to finish")
+        self._stop.set()
+
+    async def run(self, *, run_for: float | None = None) -> int:
+        """Run until a signal (or ``run_for`` seconds, for the demo). Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        scheduler = AsyncIOScheduler(timezone=UTC, event_loop=loop)
+        now = datetime.now(UTC)
+        scheduler.add_job(
+            self._sweep,
+            trigger=self.discover.trigger("schedule.discover_cron"),
+            args=("discover",),
+            id="discover",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=now,
+            misfire_grace_time=None,
+        )
+        scheduler.add_job(
+            self._sweep,
+            trigger=self.delete.trigger("schedule.delete_cron"),
+            args=("delete",),
+            id="delete",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=now + timedelta(seconds=1),
+            misfire_grace_time=None,
+        )
+        handled = self._install_signals(loop)
+        scheduler.start()
+        logger.info(
+            "daemon started: discovery %s, deletion %s%s",
+            _describe(self.discover),
+            _describe(self.delete),
+            " (dry-run)" if self.engine.options.dry_run else "",
+        )
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=run_for)
+        except TimeoutError:
+            pass
+        finally:
+            scheduler.shutdown(wait=False)
+            self.engine.stopping.set()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+        await self._drain()
+        logger.info("daemon stopped")
+        return 0
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        handled = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals
+                pass
+        if self.on_reload is not None:
+            reload = self.on_reload
+            try:
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+                handled.append(signal.SIGHUP)
+            except (NotImplementedError, RuntimeError):
+                pass
+        return handled
+
+    async def _drain(self) -> None:
+        running = [t for t in self._running if not t.done()]
+        if not running:
+            return
+        logger.info("waiting up to %.0fs for %d running sweep(s)", self.stop_timeout, len(running))
+        _done, pending = await asyncio.wait(running, timeout=self.stop_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            logger.warning("%d sweep(s) cancelled at the stop deadline", len(pending))
+
+    async def _sweep(self, kind: str) -> None:
+        if self._stop.is_set():
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            report = await self.engine.sweep(
+                kind, discover=kind == "discover", delete=kind == "delete"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # One bad sweep never kills the daemon: say what happened and run on.
+            logger.exception("%s sweep failed", kind)
+            if self.health.failing_since is None:
+                self.health.failing_since = self.engine.clock()
+        else:
+            self.health.last_report = report
+            self.health.last_success_at = report.finished_at
+            self.health.failing_since = None
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+
+def _describe(cadence: Cadence) -> str:
+    return f"cron '{cadence.cron}'" if cadence.cron else f"every {format_duration(cadence.every)}"

@@ -1,0 +1,255 @@
+"""The engine: one sweep = discover, evaluate, delete. It talks to the API and the store only
+through the small Protocols below, and to policies only through :func:`retention.policy.decide`.
+
+The engine never deletes in an agent while it walks that agent's pages: a per-agent lock keeps
+discovery and deletion of one agent apart, because a deletion on a page already read pulls the
+rest up and the walk would silently skip items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from retention.budget import CallStats
+from retention.deletion import confirm_activity, delete_due
+from retention.discovery import discover_all
+from retention.models import (
+    Agent,
+    AgentRecord,
+    AgentSettings,
+    AuditRecord,
+    DecisionKind,
+    DeleteOutcome,
+    Listing,
+    State,
+    SweepReport,
+    TrackedConversation,
+)
+from retention.policy import Hold, Policy, decide
+
+logger = logging.getLogger(__name__)
+RULES_KEY = "rules_fingerprint"
+Progress = Callable[[str, int], None]  # ("pages" | "deletions", how many so far)
+
+
+class Api(Protocol):
+    """What the engine needs from the CustomGPT client."""
+
+    stats: CallStats
+
+    async def list_agents(self) -> list[Agent]: ...
+    async def list_conversations(
+        self, agent_id: int, *, newer_than: int | None = None
+    ) -> Listing: ...
+    async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome: ...
+    async def last_activity(self, agent_id: int, session_id: str) -> datetime | None: ...
+    async def agent_settings(self, agent_id: int) -> AgentSettings: ...
+
+
+class Repository(Protocol):
+    """What the engine needs from the store."""
+
+    async def agent(self, agent_id: int) -> AgentRecord | None: ...
+    async def save_agent(self, record: AgentRecord, *, now: datetime) -> None: ...
+    async def conversations(
+        self, agent_id: int | None = None, *, states: Iterable[State] | None = None
+    ) -> list[TrackedConversation]: ...
+    async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None: ...
+    async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
+    async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
+    async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None: ...
+    async def due(
+        self, now: datetime, *, limit: int, skip_dry_run_noted: bool = False
+    ) -> list[TrackedConversation]: ...
+    async def set_state(
+        self,
+        agent_id: int,
+        session_id: str,
+        state: State,
+        *,
+        now: datetime,
+        error: str | None = None,
+        count_attempt: bool = False,
+    ) -> None: ...
+    async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None: ...
+    async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None: ...
+    async def start_sweep(self, report: SweepReport) -> int: ...
+    async def finish_sweep(self, sweep_id: int, report: SweepReport) -> None: ...
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The policies and holds in force, in file order."""
+
+    policies: tuple[Policy, ...]
+    holds: tuple[Hold, ...]
+
+    def fingerprint(self, *, dry_run: bool) -> str:
+        text = repr((self.policies, self.holds, dry_run))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def agents_in_scope(self) -> frozenset[int] | None:
+        """The agents discovery must cover; None means every agent of the account."""
+        if any(p.agents is None for p in self.policies):
+            return None
+        return frozenset(a for p in self.policies for a in (p.agents or ()))
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    dry_run: bool = False
+    reconcile_every: timedelta = timedelta(hours=24)
+    delete_concurrency: int = 4
+    delete_batch: int = 500  # at most this many deletions per sweep; the rest wait their turn
+    activity_fresh: timedelta = timedelta(minutes=1)  # a newest-message time this recent is used
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One conversation that is due (``plan`` and the admin API show these)."""
+
+    agent_id: int
+    session_id: str
+    name: str
+    rule: str | None
+    due_at: datetime
+    age: timedelta
+    reason: str
+    dry_run: bool
+    state: State
+
+
+class Engine:
+    """Holds what a sweep needs; the CLI builds it and the daemon calls it."""
+
+    def __init__(
+        self,
+        api: Api,
+        store: Repository,
+        rules: Rules,
+        *,
+        options: EngineOptions = EngineOptions(),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        progress: Progress | None = None,
+    ) -> None:
+        self.api = api
+        self.store = store
+        self.rules = rules
+        self.options = options
+        self.clock = clock
+        self.progress = progress
+        self.stopping = asyncio.Event()
+        self._agent_locks: dict[int, asyncio.Lock] = {}
+
+    def agent_lock(self, agent_id: int) -> asyncio.Lock:
+        return self._agent_locks.setdefault(agent_id, asyncio.Lock())
+
+    def evaluate(self, conversation: TrackedConversation, now: datetime) -> TrackedConversation:
+        """Apply the rules in force to one conversation; its state follows holds."""
+        decision = decide(
+            conversation.facts(), policies=self.rules.policies, holds=self.rules.holds, now=now
+        )
+        state = conversation.state
+        if state in (State.ACTIVE, State.HELD):
+            state = State.HELD if decision.kind is DecisionKind.HELD else State.ACTIVE
+        return replace(
+            conversation,
+            state=state,
+            due_at=decision.due_at,
+            rule=decision.rule,
+            reason=decision.reason,
+            provisional=decision.provisional,
+        )
+
+    async def apply_rules(self) -> int:
+        """Re-evaluate every live conversation when the rules (or dry-run) changed. Local only."""
+        fingerprint = self.rules.fingerprint(dry_run=self.options.dry_run)
+        if await self.store.get_meta(RULES_KEY) == fingerprint:
+            return 0
+        now = self.clock()
+        live = await self.store.conversations(states=(State.ACTIVE, State.HELD, State.DELETING))
+        changed = [replace(self.evaluate(c, now), dry_run_noted_at=None) for c in live]
+        await self.store.update(changed, now=now)
+        await self.store.set_meta(RULES_KEY, fingerprint)
+        logger.info("rules changed: re-evaluated %d conversations", len(changed))
+        return len(changed)
+
+    async def sweep(
+        self, kind: str = "once", *, discover: bool = True, delete: bool = True
+    ) -> SweepReport:
+        """One sweep. Failures of single items are counted; a failure of the whole raises."""
+        report = SweepReport(kind=kind, started_at=self.clock(), dry_run=self.options.dry_run)
+        calls_before = dict(self.api.stats.calls)
+        sweep_id = await self.store.start_sweep(report)
+        try:
+            await self.apply_rules()
+            if discover:
+                await discover_all(self, report)
+            if delete:
+                await delete_due(self, report, sweep_id=sweep_id)
+        except BaseException as exc:
+            report.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise
+        finally:
+            report.finished_at = self.clock()
+            report.api_calls = _calls_since(calls_before, self.api.stats)
+            await asyncio.shield(self.store.finish_sweep(sweep_id, report))
+            log = logger.info if report.ok else logger.error
+            log("%s", report.summary())
+        return report
+
+    async def plan(self, *, discover: bool = True) -> tuple[list[PlanItem], SweepReport]:
+        """What is due now, confirmed where the rule needs the newest message. Deletes nothing."""
+        report = SweepReport(kind="plan", started_at=self.clock(), dry_run=True)
+        calls_before = dict(self.api.stats.calls)
+        await self.apply_rules()
+        if discover:
+            await discover_all(self, report)
+        now = self.clock()
+        items: list[PlanItem] = []
+        for candidate in await self.store.due(now, limit=1_000_000):
+            current = await confirm_activity(self, self.evaluate(candidate, now), now)
+            if current.due_at is None or current.due_at > now or current.state is State.HELD:
+                continue
+            decision_dry_run = self.policy_dry_run(current.rule)
+            items.append(
+                PlanItem(
+                    agent_id=current.agent_id,
+                    session_id=current.session_id,
+                    name=current.name,
+                    rule=current.rule,
+                    due_at=current.due_at,
+                    age=now - current.created_at,
+                    reason=current.reason or "",
+                    dry_run=self.options.dry_run or decision_dry_run,
+                    state=current.state,
+                )
+            )
+        report.due = len(items)
+        report.finished_at = self.clock()
+        report.api_calls = _calls_since(calls_before, self.api.stats)
+        return items, report
+
+    def policy_dry_run(self, rule: str | None) -> bool:
+        return any(p.name == rule and p.dry_run for p in self.rules.policies)
+
+    def note(self, event: str, count: int) -> None:
+        if self.progress is not None:
+            self.progress(event, count)
+
+
+def _calls_since(before: dict[tuple[str, str], int], stats: CallStats) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (kind, status), count in stats.calls.items():
+        delta = count - before.get((kind, status), 0)
+        if delta:
+            out[kind] = out.get(kind, 0) + delta
+    return out

@@ -1,0 +1,228 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations create them; this mirrors them.
+
+A test compares the migrated database with this metadata, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+from retention.models import (
+    AgentRecord,
+    AuditOutcome,
+    AuditRecord,
+    Origin,
+    State,
+    TrackedConversation,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, even on SQLite (which stores text)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if not isinstance(value, datetime):
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("sync_cursor", Integer, nullable=True),
+    Column("last_full_sync_at", UTCDateTime, nullable=True),
+    Column("platform_retention_period", String(16), nullable=True),
+    Column("platform_retention_days", Integer, nullable=True),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("agent_id", Integer, nullable=False),
+    Column("session_id", String(64), nullable=False),
+    Column("remote_id", Integer, nullable=True),
+    Column("name", String(512), nullable=False, server_default=""),
+    Column("created_by", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_activity_at", UTCDateTime, nullable=True),
+    Column("activity_checked_at", UTCDateTime, nullable=True),
+    Column("origin", String(16), nullable=False),
+    Column("ttl_seconds", Float, nullable=True),
+    Column("ttl_from", UTCDateTime, nullable=True),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("rule", String(255), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("provisional", Boolean, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False, server_default="active"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("dry_run_noted_at", UTCDateTime, nullable=True),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    UniqueConstraint("agent_id", "session_id", name="uq_conversations_agent_session"),
+    # The due set is read through this index: its cost follows the number due, not tracked.
+    Index("ix_conversations_state_due", "state", "due_at"),
+    Index("ix_conversations_agent_state", "agent_id", "state"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("agent_id", Integer, nullable=False),
+    Column("session_id", String(64), nullable=False),
+    Column("name", String(512), nullable=False, server_default=""),
+    Column("rule", String(255), nullable=True),
+    Column("age_seconds", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("sweep_id", Integer, nullable=True),
+    Index("ix_audit_conversation", "agent_id", "session_id"),
+    Index("ix_audit_at", "at"),
+)
+
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("dry_run", Boolean, nullable=False, server_default="0"),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("ok", Boolean, nullable=True),
+    Column("listed", Integer, nullable=False, server_default="0"),
+    Column("new", Integer, nullable=False, server_default="0"),
+    Column("due", Integer, nullable=False, server_default="0"),
+    Column("deleted", Integer, nullable=False, server_default="0"),
+    Column("already_gone", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("api_calls", Integer, nullable=False, server_default="0"),
+    Column("calls_by_kind", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_sweeps_started", "started_at"),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+# ---- rows <-> models ------------------------------------------------------------------------
+
+
+def conversation_row(c: TrackedConversation) -> dict[str, Any]:
+    return {
+        "agent_id": c.agent_id,
+        "session_id": c.session_id,
+        "remote_id": c.remote_id,
+        "name": c.name,
+        "created_by": c.created_by,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "last_activity_at": c.last_activity_at,
+        "activity_checked_at": c.activity_checked_at,
+        "origin": c.origin.value,
+        "ttl_seconds": c.ttl.total_seconds() if c.ttl is not None else None,
+        "ttl_from": c.ttl_from,
+        "due_at": c.due_at,
+        "rule": c.rule,
+        "reason": c.reason,
+        "provisional": c.provisional,
+        "state": c.state.value,
+        "attempts": c.attempts,
+        "last_error": c.last_error,
+        "dry_run_noted_at": c.dry_run_noted_at,
+        "finished_at": c.finished_at,
+    }
+
+
+def conversation_from_row(m: Any) -> TrackedConversation:
+    ttl = m["ttl_seconds"]
+    return TrackedConversation(
+        agent_id=m["agent_id"],
+        session_id=m["session_id"],
+        remote_id=m["remote_id"],
+        name=m["name"],
+        created_by=m["created_by"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        origin=Origin(m["origin"]),
+        state=State(m["state"]),
+        last_activity_at=m["last_activity_at"],
+        activity_checked_at=m["activity_checked_at"],
+        ttl=timedelta(seconds=ttl) if ttl is not None else None,
+        ttl_from=m["ttl_from"],
+        due_at=m["due_at"],
+        rule=m["rule"],
+        reason=m["reason"],
+        provisional=bool(m["provisional"]),
+        attempts=m["attempts"],
+        last_error=m["last_error"],
+        dry_run_noted_at=m["dry_run_noted_at"],
+        first_seen=m["first_seen"],
+        finished_at=m["finished_at"],
+    )
+
+
+def agent_from_row(m: Any) -> AgentRecord:
+    return AgentRecord(
+        id=m["id"],
+        name=m["name"],
+        sync_cursor=m["sync_cursor"],
+        last_full_sync_at=m["last_full_sync_at"],
+        platform_retention_period=m["platform_retention_period"],
+        platform_retention_days=m["platform_retention_days"],
+    )
+
+
+def audit_from_row(m: Any) -> AuditRecord:
+    return AuditRecord(
+        at=m["at"],
+        agent_id=m["agent_id"],
+        session_id=m["session_id"],
+        name=m["name"],
+        rule=m["rule"],
+        age=timedelta(seconds=m["age_seconds"]),
+        outcome=AuditOutcome(m["outcome"]),
+        detail=m["detail"],
+    )

@@ -1,0 +1,429 @@
+"""The local store: SQLAlchemy 2 async, SQLite (aiosqlite, WAL) by default, UTC kept intact.
+
+It knows nothing of policies: it keeps facts, decisions already made, states and the audit
+trail, and answers the engine's questions. Migrations (Alembic) are the only way the schema
+changes; :meth:`Store.open` applies pending ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from retention.errors import StoreError
+from retention.models import AgentRecord, AuditRecord, State, SweepReport, TrackedConversation
+from retention.schema import (
+    agent_from_row,
+    agents,
+    audit,
+    audit_from_row,
+    conversation_from_row,
+    conversation_row,
+    conversations,
+    meta,
+    sweeps,
+)
+
+logger = logging.getLogger(__name__)
+BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """``retention status`` figures for one agent."""
+
+    agent_id: int
+    tracked: int
+    due: int
+    overdue: int
+    held: int
+    deleted_24h: int
+
+
+def alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.files("retention") / "migrations"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _make_parent(database: str) -> None:
+    try:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder for {database!r}: {exc.strerror}") from None
+
+
+def _translated(cls: type[Store]) -> type[Store]:
+    """SQLAlchemy's exceptions stop here: every public coroutine raises StoreError instead."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.iscoroutinefunction(method):
+            continue
+
+        @functools.wraps(method)
+        async def wrapper(*args: Any, __method: Any = method, **kwargs: Any) -> Any:
+            try:
+                return await __method(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                cause = getattr(exc, "orig", None) or exc
+                raise StoreError(f"{__method.__name__}: {type(cause).__name__}: {cause}") from exc
+
+        setattr(cls, name, wrapper)
+    return cls
+
+
+@_translated
+class Store:
+    """All reads and writes of the local database. Build it with :meth:`open`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect (creating a SQLite file and its folder on first use) and migrate to head."""
+        try:
+            parsed = make_url(url)
+        except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it
+            raise StoreError(f"invalid store URL: {exc}") from None
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            _make_parent(parsed.database)
+        try:
+            engine = create_async_engine(url)
+        except Exception as exc:  # an unknown driver is an ImportError or a NoSuchModuleError
+            raise StoreError(f"cannot use store URL: {exc}") from None
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        if migrate:
+            await store.upgrade()
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # ---- schema ------------------------------------------------------------------------------
+
+    async def upgrade(self) -> tuple[str | None, str | None]:
+        """Apply pending migrations; returns (revision before, revision after)."""
+        try:
+            async with self.engine.begin() as conn:
+                before = await conn.run_sync(_revision)
+                await conn.run_sync(_upgrade)
+                after = await conn.run_sync(_revision)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store: {exc}") from None
+        if before != after:
+            logger.info("store migrated from %s to %s", before or "empty", after)
+        return before, after
+
+    async def revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_revision)
+
+    # ---- agents ------------------------------------------------------------------------------
+
+    async def agent(self, agent_id: int) -> AgentRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
+        return agent_from_row(row._mapping) if row else None
+
+    async def save_agent(self, record: AgentRecord, *, now: datetime) -> None:
+        values = {
+            "name": record.name,
+            "sync_cursor": record.sync_cursor,
+            "last_full_sync_at": record.last_full_sync_at,
+            "platform_retention_period": record.platform_retention_period,
+            "platform_retention_days": record.platform_retention_days,
+            "last_seen": now,
+        }
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(agents).where(agents.c.id == record.id).values(**values)
+            )
+            if result.rowcount == 0:
+                await conn.execute(insert(agents).values(id=record.id, first_seen=now, **values))
+
+    # ---- conversations -----------------------------------------------------------------------
+
+    async def conversations(
+        self, agent_id: int | None = None, *, states: Iterable[State] | None = None
+    ) -> list[TrackedConversation]:
+        query = select(conversations)
+        if agent_id is not None:
+            query = query.where(conversations.c.agent_id == agent_id)
+        if states is not None:
+            query = query.where(conversations.c.state.in_([s.value for s in states]))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(conversations.c.id))).all()
+        return [conversation_from_row(r._mapping) for r in rows]
+
+    async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None:
+        query = select(conversations).where(
+            conversations.c.agent_id == agent_id, conversations.c.session_id == session_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return conversation_from_row(row._mapping) if row else None
+
+    async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None:
+        if not items:
+            return
+        rows = [
+            {**conversation_row(c), "first_seen": c.first_seen or now, "last_seen": now}
+            for c in items
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(conversations), rows)
+
+    async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None:
+        """Write back changed facts and decisions, keyed by (agent, session_id)."""
+        if not items:
+            return
+        rows = [
+            {**conversation_row(c), "k_agent": c.agent_id, "k_session": c.session_id} for c in items
+        ]
+        for row in rows:
+            row["last_seen"] = now
+        statement = (
+            update(conversations)
+            .where(
+                conversations.c.agent_id == bindparam("k_agent"),
+                conversations.c.session_id == bindparam("k_session"),
+            )
+            .values({name: bindparam(name) for name in rows[0] if not name.startswith("k_")})
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement, rows)
+
+    async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None:
+        """Note that these conversations were seen listed again, unchanged."""
+        keys = list(session_ids)
+        if not keys:
+            return
+        statement = (
+            update(conversations)
+            .where(
+                conversations.c.agent_id == agent_id,
+                conversations.c.session_id == bindparam("k_session"),
+            )
+            .values(last_seen=now)
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement, [{"k_session": k} for k in keys])
+
+    async def due(
+        self, now: datetime, *, limit: int, skip_dry_run_noted: bool = False
+    ) -> list[TrackedConversation]:
+        """Conversations left mid-delete first, then the due set, oldest due first.
+
+        Both parts read ``ix_conversations_state_due``: the cost follows the number due.
+        """
+        unfinished = select(conversations).where(conversations.c.state == State.DELETING.value)
+        due = select(conversations).where(
+            conversations.c.state == State.ACTIVE.value,
+            conversations.c.due_at <= now,
+        )
+        if skip_dry_run_noted:
+            due = due.where(conversations.c.dry_run_noted_at.is_(None))
+        async with self.engine.connect() as conn:
+            first = (await conn.execute(unfinished.limit(limit))).all()
+            rest = (
+                await conn.execute(
+                    due.order_by(conversations.c.due_at, conversations.c.id).limit(
+                        max(0, limit - len(first))
+                    )
+                )
+            ).all()
+        return [conversation_from_row(r._mapping) for r in [*first, *rest]]
+
+    async def set_state(
+        self,
+        agent_id: int,
+        session_id: str,
+        state: State,
+        *,
+        now: datetime,
+        error: str | None = None,
+        count_attempt: bool = False,
+    ) -> None:
+        values: dict[str, Any] = {"state": state.value, "last_error": error}
+        if state in (State.DELETED, State.GONE):
+            values["finished_at"] = now
+        if count_attempt:
+            values["attempts"] = conversations.c.attempts + 1
+        statement = (
+            update(conversations)
+            .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
+            .values(**values)
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+    async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None:
+        statement = (
+            update(conversations)
+            .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
+            .values(dry_run_noted_at=now)
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+    # ---- audit -------------------------------------------------------------------------------
+
+    async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(audit).values(
+                    at=record.at,
+                    agent_id=record.agent_id,
+                    session_id=record.session_id,
+                    name=record.name,
+                    rule=record.rule,
+                    age_seconds=record.age.total_seconds(),
+                    outcome=record.outcome.value,
+                    detail=record.detail,
+                    sweep_id=sweep_id,
+                )
+            )
+
+    async def audit_trail(
+        self, agent_id: int | None = None, session_id: str | None = None
+    ) -> list[AuditRecord]:
+        query = select(audit)
+        if agent_id is not None:
+            query = query.where(audit.c.agent_id == agent_id)
+        if session_id is not None:
+            query = query.where(audit.c.session_id == session_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(audit.c.id))).all()
+        return [audit_from_row(r._mapping) for r in rows]
+
+    # ---- sweeps ------------------------------------------------------------------------------
+
+    async def start_sweep(self, report: SweepReport) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(sweeps).values(
+                    kind=report.kind, dry_run=report.dry_run, started_at=report.started_at
+                )
+            )
+        key = result.inserted_primary_key
+        return int(key[0]) if key else 0
+
+    async def finish_sweep(self, sweep_id: int, report: SweepReport) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == sweep_id)
+                .values(
+                    finished_at=report.finished_at,
+                    ok=report.ok,
+                    listed=report.listed,
+                    new=report.new,
+                    due=report.due,
+                    deleted=report.deleted,
+                    already_gone=report.already_gone,
+                    failed=report.failed,
+                    api_calls=sum(report.api_calls.values()),
+                    calls_by_kind=json.dumps(report.api_calls, sort_keys=True),
+                    error=report.error,
+                )
+            )
+
+    async def last_sweeps(self, limit: int = 10) -> list[dict[str, Any]]:
+        query = select(sweeps).order_by(sweeps.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+
+    # ---- meta --------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).first()
+        return str(row[0]) if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(meta).where(meta.c.key == key).values(value=value))
+            if result.rowcount == 0:
+                await conn.execute(insert(meta).values(key=key, value=value))
+
+    # ---- figures -----------------------------------------------------------------------------
+
+    async def status(self, now: datetime, *, overdue_after: timedelta) -> list[AgentStatus]:
+        c = conversations
+        live = c.c.state.in_([State.ACTIVE.value, State.HELD.value, State.DELETING.value])
+        is_due = and_(c.c.state.in_([State.ACTIVE.value, State.DELETING.value]), c.c.due_at <= now)
+        overdue = and_(is_due, c.c.due_at <= now - overdue_after)
+        recent = and_(c.c.state == State.DELETED.value, c.c.finished_at >= now - timedelta(days=1))
+        query = (
+            select(
+                c.c.agent_id,
+                func.sum(_flag(live)),
+                func.sum(_flag(is_due)),
+                func.sum(_flag(overdue)),
+                func.sum(_flag(c.c.state == State.HELD.value)),
+                func.sum(_flag(recent)),
+            )
+            .where(or_(live, recent))
+            .group_by(c.c.agent_id)
+            .order_by(c.c.agent_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [AgentStatus(int(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
+
+
+def _flag(condition: Any) -> Any:
+    return case((condition, 1), else_=0)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _upgrade(connection: Connection) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
