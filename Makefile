@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := retention tests
+SOURCES := retention tests benchmarks
 
-.PHONY: install test lint format demo emulate clean
+.PHONY: install test lint format demo emulate bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/retention demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_due.py
 
 emulate: $(STAMP)
 	$(BIN)/retention emulate --port 8765

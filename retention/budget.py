@@ -8,10 +8,12 @@ at once. A 429 pauses the whole budget, for every caller, for as long as the ser
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
@@ -19,14 +21,35 @@ from aiolimiter import AsyncLimiter
 MAX_PAUSE = 300.0  # never trust a header that asks us to sleep longer than five minutes
 
 
+_SCOPE: contextvars.ContextVar[Counter[str] | None] = contextvars.ContextVar(
+    "retention_call_scope", default=None
+)
+
+
 @dataclass
 class CallStats:
-    """Calls made, by kind ("list_conversations", "delete", ...) and status ("200", "timeout")."""
+    """Calls made, by kind ("list_conversations", "delete", ...) and status ("200", "timeout").
+
+    :meth:`scope` also counts, by kind, the calls made by one piece of work and the tasks it
+    starts, even while other work shares the client (the daemon's sweeps run side by side).
+    """
 
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def record(self, kind: str, status: str) -> None:
         self.calls[(kind, status)] += 1
+        scoped = _SCOPE.get()
+        if scoped is not None:
+            scoped[kind] += 1
+
+    @contextmanager
+    def scope(self) -> Iterator[Counter[str]]:
+        counter: Counter[str] = Counter()
+        token = _SCOPE.set(counter)
+        try:
+            yield counter
+        finally:
+            _SCOPE.reset(token)
 
     @property
     def total(self) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retention import __version__, commands, logs
+from retention import __version__, commands, demo, logs
 from retention.config import TOKEN_ENV, Settings, config_path, load_config
 from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit
 from retention.emulator_seed import load_seed, sample_state
@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(upgrade)
 
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded demo: emulator, policies and daemon together (no token, no network)",
+        description="Start the emulator in-process with seeded agents, run the daemon against it "
+        "on a temporary store for a few cycles, and show what was deleted and kept, and why.",
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=20.0, help="how long the daemon runs (default 20)"
+    )
+
     emulate = commands.add_parser(
         "emulate",
         help="serve the CustomGPT API emulator on 127.0.0.1",
@@ -121,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "emulate":
             return _emulate(args)
+        if args.command == "demo":
+            logs.configure(level="INFO", fmt="text")
+            logging.getLogger("retention.deletion").setLevel(logging.WARNING)
+            return demo.main(args.seconds)
         settings = _load(args)
         secret = [settings.token.get_secret_value()] if settings.token else []
         logs.configure(level=settings.log.level, fmt=settings.log.format, secrets=secret)

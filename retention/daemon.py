@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -105,6 +106,7 @@ class Daemon:
             next_run_time=now + timedelta(seconds=1),
             misfire_grace_time=None,
         )
+        scheduler.add_listener(_skipped, EVENT_JOB_MAX_INSTANCES)
         handled = self._install_signals(loop)
         scheduler.start()
         logger.info(
@@ -118,11 +120,14 @@ class Daemon:
         except TimeoutError:
             pass
         finally:
-            scheduler.shutdown(wait=False)
+            # Stop taking work, let running sweeps finish their current item, then shut down:
+            # APScheduler's asyncio executor cancels whatever still runs at shutdown.
+            scheduler.pause()
             self.engine.stopping.set()
             for sig in handled:
                 loop.remove_signal_handler(sig)
-        await self._drain()
+            await self._drain()
+            scheduler.shutdown(wait=False)
         logger.info("daemon stopped")
         return 0
 
@@ -179,6 +184,10 @@ class Daemon:
         finally:
             if task is not None:
                 self._running.discard(task)
+
+
+def _skipped(event: JobSubmissionEvent) -> None:
+    logger.info("the previous %s sweep is still running: this run is skipped", event.job_id)
 
 
 def _describe(cadence: Cadence) -> str:

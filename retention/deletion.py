@@ -48,7 +48,7 @@ async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | Non
         for candidate in queue:
             if engine.stopping.is_set():
                 return
-            async with engine.agent_lock(candidate.agent_id):
+            async with engine.gate(candidate.agent_id).delete():
                 await _delete_one(engine, candidate, report, sweep_id)
             done += 1
             engine.note("deletions", done)

@@ -37,8 +37,7 @@ async def agents_to_cover(engine: Engine) -> list[int]:
     """Agents named by policies (or all of the account's), plus those we track on request."""
     scope = engine.rules.agents_in_scope()
     ids = set(scope) if scope is not None else {a.id for a in await engine.api.list_agents()}
-    tracked = await engine.store.conversations(states=(State.ACTIVE, State.HELD, State.DELETING))
-    ids.update(c.agent_id for c in tracked if c.origin is not Origin.DISCOVERED)
+    ids.update(await engine.store.requested_agents())
     return sorted(ids)
 
 
@@ -46,7 +45,7 @@ async def discover_all(engine: Engine, report: SweepReport, *, full: bool = Fals
     for agent_id in await agents_to_cover(engine):
         if engine.stopping.is_set():
             break
-        async with engine.agent_lock(agent_id):
+        async with engine.gate(agent_id).walk():
             await discover_agent(engine, agent_id, report, full=full)
         report.agents += 1
 
@@ -64,7 +63,11 @@ async def discover_agent(
     report.listed += len(listing.conversations)
     engine.note("pages", report.pages)
     now = engine.clock()
-    known = {c.session_id: c for c in await engine.store.conversations(agent_id)}
+    # A reconcile needs every tracked conversation (to see which vanished); an incremental
+    # walk only those it listed, so its cost follows what is new, not what is tracked.
+    listed_ids = None if reconcile else [c.session_id for c in listing.conversations]
+    tracked = await engine.store.conversations(agent_id, session_ids=listed_ids)
+    known = {c.session_id: c for c in tracked}
     inserts, updates, unchanged = _merge(engine, listing.conversations, known, now)
     gone = _vanished(listing, known, started) if reconcile else []
     await engine.store.insert(inserts, now=now)

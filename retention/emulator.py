@@ -112,14 +112,14 @@ class Arrival:
     _made: int = field(default=0, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Served:
-    """One request the emulator answered (or dropped)."""
+    """One request the emulator received: logged on arrival, its status set when answered."""
 
     method: str
     path: str
     query: dict[str, str]
-    status: int  # 0 when the connection was reset
+    status: int  # -1 while in flight; 0 when the connection was reset
     at: float  # time.monotonic() when the request arrived
 
 
@@ -194,9 +194,8 @@ class Emulator:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        status = 0
-        arrived = time.monotonic()
+        record = Served(request.method, request.path, dict(request.query), -1, time.monotonic())
+        self.served.append(record)
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
@@ -210,10 +209,11 @@ class Emulator:
                     response = _error(request, 405, "Method Not Allowed")
                 except _Abort as abort:
                     response = abort.response
-            status = response.status
+            record.status = response.status
             return response
-        finally:
-            self.served.append(Served(request.method, path, dict(request.query), status, arrived))
+        except BaseException:
+            record.status = 0
+            raise
 
     async def _gate(self, request: web.Request) -> web.StreamResponse | None:
         """Auth first, as the real service does, then the rate limit."""

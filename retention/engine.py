@@ -1,7 +1,7 @@
 """The engine: one sweep = discover, evaluate, delete. It talks to the API and the store only
 through the small Protocols below, and to policies only through :func:`retention.policy.decide`.
 
-The engine never deletes in an agent while it walks that agent's pages: a per-agent lock keeps
+The engine never deletes in an agent while it walks that agent's pages: a per-agent gate keeps
 discovery and deletion of one agent apart, because a deletion on a page already read pulls the
 rest up and the walk would silently skip items.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -58,8 +59,13 @@ class Repository(Protocol):
     async def agent(self, agent_id: int) -> AgentRecord | None: ...
     async def save_agent(self, record: AgentRecord, *, now: datetime) -> None: ...
     async def conversations(
-        self, agent_id: int | None = None, *, states: Iterable[State] | None = None
+        self,
+        agent_id: int | None = None,
+        *,
+        states: Iterable[State] | None = None,
+        session_ids: Iterable[str] | None = None,
     ) -> list[TrackedConversation]: ...
+    async def requested_agents(self) -> set[int]: ...
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None: ...
     async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
     async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
@@ -127,6 +133,47 @@ class PlanItem:
     state: State
 
 
+class AgentGate:
+    """Walks of one agent's list exclude its deletions; deletions share the gate among them.
+
+    A waiting walk goes first, so a long run of deletions cannot keep discovery out.
+    """
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._walking = False
+        self._walks_waiting = 0
+        self._deleting = 0
+
+    @asynccontextmanager
+    async def walk(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._walks_waiting += 1
+            try:
+                await self._changed.wait_for(lambda: not self._walking and not self._deleting)
+            finally:
+                self._walks_waiting -= 1
+            self._walking = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._walking = False
+                self._changed.notify_all()
+
+    @asynccontextmanager
+    async def delete(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._walking and not self._walks_waiting)
+            self._deleting += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._deleting -= 1
+                self._changed.notify_all()
+
+
 class Engine:
     """Holds what a sweep needs; the CLI builds it and the daemon calls it."""
 
@@ -147,10 +194,10 @@ class Engine:
         self.clock = clock
         self.progress = progress
         self.stopping = asyncio.Event()
-        self._agent_locks: dict[int, asyncio.Lock] = {}
+        self._gates: dict[int, AgentGate] = {}
 
-    def agent_lock(self, agent_id: int) -> asyncio.Lock:
-        return self._agent_locks.setdefault(agent_id, asyncio.Lock())
+    def gate(self, agent_id: int) -> AgentGate:
+        return self._gates.setdefault(agent_id, AgentGate())
 
     def evaluate(self, conversation: TrackedConversation, now: datetime) -> TrackedConversation:
         """Apply the rules in force to one conversation; its state follows holds."""
@@ -179,7 +226,8 @@ class Engine:
         changed = [replace(self.evaluate(c, now), dry_run_noted_at=None) for c in live]
         await self.store.update(changed, now=now)
         await self.store.set_meta(RULES_KEY, fingerprint)
-        logger.info("rules changed: re-evaluated %d conversations", len(changed))
+        if changed:
+            logger.info("rules changed: re-evaluated %d conversations", len(changed))
         return len(changed)
 
     async def sweep(
@@ -187,36 +235,40 @@ class Engine:
     ) -> SweepReport:
         """One sweep. Failures of single items are counted; a failure of the whole raises."""
         report = SweepReport(kind=kind, started_at=self.clock(), dry_run=self.options.dry_run)
-        calls_before = dict(self.api.stats.calls)
         sweep_id = await self.store.start_sweep(report)
-        try:
-            await self.apply_rules()
-            if discover:
-                await discover_all(self, report)
-            if delete:
-                await delete_due(self, report, sweep_id=sweep_id)
-        except BaseException as exc:
-            report.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise
-        finally:
-            report.finished_at = self.clock()
-            report.api_calls = _calls_since(calls_before, self.api.stats)
-            await asyncio.shield(self.store.finish_sweep(sweep_id, report))
-            log = logger.info if report.ok else logger.error
-            log("%s", report.summary())
+        with self.api.stats.scope() as calls:
+            try:
+                await self.apply_rules()
+                if discover:
+                    await discover_all(self, report)
+                if delete:
+                    await delete_due(self, report, sweep_id=sweep_id)
+            except BaseException as exc:
+                report.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise
+            finally:
+                report.finished_at = self.clock()
+                report.api_calls = dict(sorted(calls.items()))
+                await asyncio.shield(self.store.finish_sweep(sweep_id, report))
+                log = logger.info if report.ok else logger.error
+                log("%s", report.summary())
         return report
 
     async def plan(self, *, discover: bool = True) -> tuple[list[PlanItem], SweepReport]:
         """What is due now, confirmed where the rule needs the newest message. Deletes nothing."""
         report = SweepReport(kind="plan", started_at=self.clock(), dry_run=True)
-        calls_before = dict(self.api.stats.calls)
-        await self.apply_rules()
-        if discover:
-            await discover_all(self, report)
-        now = self.clock()
+        with self.api.stats.scope() as calls:
+            await self.apply_rules()
+            if discover:
+                await discover_all(self, report)
+            now = self.clock()
+            candidates = await self.store.due(now, limit=1_000_000)
+            confirmed = [
+                await confirm_activity(self, self.evaluate(c, now), now) for c in candidates
+            ]
+        report.api_calls = dict(sorted(calls.items()))
         items: list[PlanItem] = []
-        for candidate in await self.store.due(now, limit=1_000_000):
-            current = await confirm_activity(self, self.evaluate(candidate, now), now)
+        for current in confirmed:
             if current.due_at is None or current.due_at > now or current.state is State.HELD:
                 continue
             decision_dry_run = self.policy_dry_run(current.rule)
@@ -235,7 +287,6 @@ class Engine:
             )
         report.due = len(items)
         report.finished_at = self.clock()
-        report.api_calls = _calls_since(calls_before, self.api.stats)
         return items, report
 
     def policy_dry_run(self, rule: str | None) -> bool:
@@ -244,12 +295,3 @@ class Engine:
     def note(self, event: str, count: int) -> None:
         if self.progress is not None:
             self.progress(event, count)
-
-
-def _calls_since(before: dict[tuple[str, str], int], stats: CallStats) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for (kind, status), count in stats.calls.items():
-        delta = count - before.get((kind, status), 0)
-        if delta:
-            out[kind] = out.get(kind, 0) + delta
-    return out

@@ -78,4 +78,6 @@ def configure(
     root.setLevel(level)
     for noisy in ("aiohttp.access", "alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The daemon reports skipped (coalesced) runs itself, at INFO and in its own words.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     return handler

@@ -39,7 +39,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from retention.errors import StoreError
-from retention.models import AgentRecord, AuditRecord, State, SweepReport, TrackedConversation
+from retention.models import (
+    AgentRecord,
+    AuditRecord,
+    Origin,
+    State,
+    SweepReport,
+    TrackedConversation,
+)
 from retention.schema import (
     agent_from_row,
     agents,
@@ -178,16 +185,42 @@ class Store:
     # ---- conversations -----------------------------------------------------------------------
 
     async def conversations(
-        self, agent_id: int | None = None, *, states: Iterable[State] | None = None
+        self,
+        agent_id: int | None = None,
+        *,
+        states: Iterable[State] | None = None,
+        session_ids: Iterable[str] | None = None,
     ) -> list[TrackedConversation]:
         query = select(conversations)
         if agent_id is not None:
             query = query.where(conversations.c.agent_id == agent_id)
         if states is not None:
             query = query.where(conversations.c.state.in_([s.value for s in states]))
+        keys = list(session_ids) if session_ids is not None else None
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(conversations.c.id))).all()
+            if keys is None:
+                rows = (await conn.execute(query.order_by(conversations.c.id))).all()
+            else:  # in chunks: SQLite caps the number of bound parameters
+                rows = []
+                for start in range(0, len(keys), 500):
+                    chunk = query.where(conversations.c.session_id.in_(keys[start : start + 500]))
+                    rows += (await conn.execute(chunk)).all()
         return [conversation_from_row(r._mapping) for r in rows]
+
+    async def requested_agents(self) -> set[int]:
+        """Agents of live conversations that were created or registered through retention."""
+        query = (
+            select(conversations.c.agent_id)
+            .where(
+                conversations.c.origin != Origin.DISCOVERED.value,
+                conversations.c.state.in_(
+                    [State.ACTIVE.value, State.HELD.value, State.DELETING.value]
+                ),
+            )
+            .distinct()
+        )
+        async with self.engine.connect() as conn:
+            return {int(r[0]) for r in (await conn.execute(query)).all()}
 
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None:
         query = select(conversations).where(

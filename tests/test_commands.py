@@ -1,0 +1,189 @@
+"""plan, once, status and db upgrade through the command line, against a seeded emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from retention.cli import main
+from retention.emulator import Emulator
+from retention.emulator_seed import EmulatorState
+
+H = timedelta(hours=1)
+D = timedelta(days=1)
+# (agent, name, age, created_by): what the emulator holds before the first command.
+SEED = [
+    (532, "Test old", 2 * H, None),
+    (532, "Test young", 10 * timedelta(minutes=1), None),
+    (532, "LEGAL Test", 2 * H, None),
+    (532, "Customer", 40 * D, 17),
+    (532, "QA-1 ticket", 2 * D, None),
+    (533, "QA-2 ticket", 1 * D, None),
+    (533, "Test elsewhere", 5 * H, None),
+    (533, "QA-3 ticket", 3 * D, 17),
+    (534, "LEGAL QA-4", 9 * D, None),
+]
+# Worked out by hand from the policies below: matched, expired and not held.
+EXPECTED = {"Test old", "QA-1 ticket", "QA-3 ticket"}
+CONFIG = """
+[api]
+base_url = "{url}"
+requests_per_minute = 600
+max_attempts = 2
+
+[store]
+url = "sqlite+aiosqlite:///{db}"
+
+[[policies]]
+name = "qa-chats"
+agents = [532]
+name_matches = ["Test*"]
+max_age = "1h"
+
+[[policies]]
+name = "qa-tickets"
+agents = "*"
+name_regex = "^QA-\\\\d+"
+max_age = "36h"
+
+[[holds]]
+name = "legal"
+name_matches = ["LEGAL*"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("RETENTION_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("CUSTOMGPT_API_TOKEN", "emulator-token")
+
+
+@pytest.fixture
+def seeded() -> Emulator:
+    now = datetime.now(UTC)
+    state = EmulatorState()
+    for agent_id in (532, 533, 534):
+        state.add_agent(agent_id, f"Agent {agent_id}", created_at=now - 400 * D)
+    for agent_id, name, age, created_by in SEED:
+        state.add_conversation(agent_id, name, created_at=now - age, created_by=created_by)
+    return Emulator(state, per_page=3)
+
+
+@pytest.fixture
+async def config(seeded: Emulator, tmp_path: Path) -> AsyncIterator[str]:
+    async with seeded.serve() as url:
+        path = tmp_path / "retention.toml"
+        path.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
+        yield str(path)
+
+
+async def cli(*argv: str) -> int:
+    """Run the command line in a thread: it has its own event loop, ours serves the emulator."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+def names(emulator: Emulator) -> set[str]:
+    return {c.name for a in emulator.state.agents.values() for c in a.conversations.values()}
+
+
+async def test_plan_json_lists_exactly_the_due_and_deletes_nothing(
+    seeded: Emulator, config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("plan", "--config", config, "--json") == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out)  # stdout holds JSON and nothing else
+    assert {item["name"] for item in plan["due"]} == EXPECTED
+    assert plan["count"] == 3
+    first = plan["due"][0]
+    assert set(first) >= {
+        "agent_id",
+        "session_id",
+        "name",
+        "rule",
+        "due_at",
+        "age_seconds",
+        "reason",
+    }
+    assert {s.method for s in seeded.served} == {"GET"}
+    assert names(seeded) == {name for _, name, _, _ in SEED}
+
+
+async def test_plan_table_is_readable(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await cli("plan", "--config", config) == 0
+    captured = capsys.readouterr()
+    assert "3 conversation(s) due" in captured.out
+    assert "qa-tickets" in captured.out and "Test old" in captured.out
+    assert "3 due; this plan cost" in captured.err
+
+
+async def test_once_deletes_exactly_the_expired_matched_unheld_then_rests(
+    seeded: Emulator, config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("once", "--config", config) == 0
+    assert names(seeded) == {name for _, name, _, _ in SEED} - EXPECTED
+    assert "deleted=3" in capsys.readouterr().out
+    served_before = len(seeded.served)
+    assert await cli("once", "--config", config) == 0
+    second = seeded.served[served_before:]
+    assert [s for s in second if s.method != "GET"] == []
+    listings = [s.path for s in second if s.path.endswith("/conversations")]
+    assert sorted(listings) == sorted(
+        f"/api/v1/projects/{a}/conversations" for a in (532, 533, 534)
+    )
+
+
+async def test_once_dry_run_sends_no_delete(
+    seeded: Emulator, config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("once", "--config", config, "--dry-run") == 0
+    assert {s.method for s in seeded.served} == {"GET"}
+    assert "would_delete=3" in capsys.readouterr().out
+
+
+async def test_once_exits_1_when_a_delete_fails(seeded: Emulator, config: str) -> None:
+    from retention.emulator import Fault
+
+    seeded.faults.append(Fault.status(503, method="DELETE", times=-1))
+    assert await cli("once", "--config", config) == 1
+
+
+async def test_once_exits_1_when_the_sweep_fails(
+    seeded: Emulator, config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeded.token = "rotated"
+    assert await cli("once", "--config", config) == 1
+    err = capsys.readouterr().err
+    assert "retention: failed:" in err and "401" in err
+
+
+async def test_commands_that_call_the_api_need_a_token(
+    config: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CUSTOMGPT_API_TOKEN")
+    assert await cli("plan", "--config", config) == 2
+    assert "no API token" in capsys.readouterr().err
+
+
+async def test_status_and_db_upgrade_need_no_token(
+    config: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("db", "upgrade", "--config", config) == 0
+    assert "upgraded from empty to 0001" in capsys.readouterr().out
+    assert await cli("once", "--config", config) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("CUSTOMGPT_API_TOKEN")
+    assert await cli("db", "upgrade", "--config", config) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert await cli("status", "--config", config) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "532" in line)
+    # agent 532: 5 listed, 2 deleted -> 3 tracked, of which 1 held; 2 deleted in 24h
+    assert row.replace("│", " ").split()[:6] == ["532", "3", "0", "0", "1", "2"]
