@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from retention import __version__
+from retention import __version__, payloads
 from retention.budget import CallStats, RequestBudget, retry_after_seconds
 from retention.errors import (
     ApiError,
@@ -41,7 +39,6 @@ from retention.models import (
     DeleteOutcome,
     Listing,
 )
-from retention.timefmt import parse_timestamp
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,10 +87,10 @@ class CustomGPTClient:
         page = 1
         while True:
             paginator = await self._request(
-                "list_agents", "GET", "projects", params={"page": page}, parse=_paginator
+                "list_agents", "GET", "projects", params={"page": page}, parse=payloads.paginator
             )
             for item in paginator["data"]:
-                agent = _agent(item)
+                agent = payloads.agent(item)
                 agents.setdefault(agent.id, agent)
             if not paginator["data"] or page >= int(paginator["last_page"]):
                 return list(agents.values())
@@ -112,7 +109,7 @@ class CustomGPTClient:
                 "GET",
                 f"projects/{agent_id}/conversations",
                 params={"page": page, "order": "desc", "orderBy": "id"},
-                parse=lambda data: _conversation_page(agent_id, data),
+                parse=lambda data: payloads.conversation_page(agent_id, data),
             )
             yield current
             if not current.items or page >= current.last_page:
@@ -163,7 +160,7 @@ class CustomGPTClient:
             "POST",
             f"projects/{agent_id}/conversations",
             json_body={"name": name},
-            parse=_conversation,
+            parse=payloads.conversation,
         )
 
     async def rename_conversation(self, agent_id: int, session_id: str, name: str) -> Conversation:
@@ -172,7 +169,7 @@ class CustomGPTClient:
             "PUT",
             f"projects/{agent_id}/conversations/{session_id}",
             json_body={"name": name},
-            parse=_conversation,
+            parse=payloads.conversation,
         )
 
     async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome:
@@ -182,7 +179,7 @@ class CustomGPTClient:
                 "delete",
                 "DELETE",
                 f"projects/{agent_id}/conversations/{session_id}",
-                parse=_deleted,
+                parse=payloads.deleted,
             )
         except NotFoundError:
             return DeleteOutcome.ALREADY_GONE
@@ -195,7 +192,7 @@ class CustomGPTClient:
             "GET",
             f"projects/{agent_id}/conversations/{session_id}/messages",
             params={"page": 1, "order": "desc"},
-            parse=_newest_message,
+            parse=payloads.newest_message,
         )
 
     async def agent_settings(self, agent_id: int) -> AgentSettings:
@@ -203,7 +200,7 @@ class CustomGPTClient:
             "settings",
             "GET",
             f"projects/{agent_id}/settings",
-            parse=lambda data: _settings(agent_id, data),
+            parse=lambda data: payloads.agent_settings(agent_id, data),
         )
 
     # ---- the machinery ---------------------------------------------------------------------
@@ -214,7 +211,7 @@ class CustomGPTClient:
         method: str,
         path: str,
         *,
-        parse: Callable[[_Response], T],
+        parse: Callable[[payloads.Response], T],
         params: Mapping[str, str | int] | None = None,
         json_body: Mapping[str, Any] | None = None,
     ) -> T:
@@ -258,7 +255,7 @@ class CustomGPTClient:
         kind: str,
         method: str,
         path: str,
-        parse: Callable[[_Response], T],
+        parse: Callable[[payloads.Response], T],
         params: Mapping[str, str | int] | None,
         json_body: Mapping[str, Any] | None,
     ) -> T:
@@ -297,21 +294,25 @@ class CustomGPTClient:
             logger.warning(
                 "rate limited on %s %s: pausing all calls for %.1fs", method, path, paused
             )
-            raise RateLimited(_error_text(body), retry_after=retry_after, status=status, **where)
+            raise RateLimited(
+                payloads.error_text(body), retry_after=retry_after, status=status, **where
+            )
         if status >= 500:
-            raise TransientApiError(_error_text(body), status=status, **where)
+            raise TransientApiError(payloads.error_text(body), status=status, **where)
         if status in (401, 403):
-            raise AuthError(_error_text(body), status=status, **where)
+            raise AuthError(payloads.error_text(body), status=status, **where)
         if status == 404:
-            raise NotFoundError(_error_text(body), status=status, **where)
+            raise NotFoundError(payloads.error_text(body), status=status, **where)
         if status >= 400:
-            raise BadRequestError(_error_text(body), status=status, **where)
+            raise BadRequestError(payloads.error_text(body), status=status, **where)
         try:
-            result = parse(_Response(_envelope_data(body), _server_time(headers)))
+            result = parse(
+                payloads.Response(payloads.envelope_data(body), payloads.server_time(headers))
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             self.stats.record(kind, "malformed")
             raise TransientApiError(
-                f"malformed response body: {_describe(exc)}", status=status, **where
+                f"malformed response body: {payloads.describe_error(exc)}", status=status, **where
             ) from None
         self.stats.record(kind, str(status))
         return result
@@ -322,132 +323,6 @@ class CustomGPTClient:
             "Accept": "application/json",
             "User-Agent": f"retention/{__version__}",
         }
-
-
-class _Response:
-    """A success envelope's ``data`` and the server's clock at the time of the response."""
-
-    __slots__ = ("data", "server_time")
-
-    def __init__(self, data: Any, server_time: datetime) -> None:
-        self.data = data
-        self.server_time = server_time
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-
-def _envelope_data(body: bytes) -> Any:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"not JSON ({len(body)} bytes)") from None
-    if not isinstance(payload, dict) or payload.get("status") != "success" or "data" not in payload:
-        raise ValueError("not a success envelope")
-    return payload["data"]
-
-
-def _server_time(headers: Mapping[str, str]) -> datetime:
-    """The server's Date header resolves 12-hour message times; our clock when it is missing."""
-    value = headers.get("Date")
-    if value:
-        try:
-            return parsedate_to_datetime(value).astimezone(UTC)
-        except (TypeError, ValueError):
-            pass
-    return datetime.now(UTC)
-
-
-def _error_text(body: bytes) -> str:
-    """The message of the API's error envelope; we decide on status codes, never on this text."""
-    try:
-        payload = json.loads(body)
-        message = payload["data"]["message"]
-        if isinstance(message, str) and message:
-            return message[:200]
-    except (ValueError, TypeError, KeyError):
-        pass
-    return "no error message (body is not the API's JSON error envelope)"
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"missing field {exc.args[0]!r}"
-    return str(exc) or type(exc).__name__
-
-
-def _paginator(response: _Response) -> dict[str, Any]:
-    data = response.data
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError("expected a paginator with a 'data' list")
-    for key in ("current_page", "last_page", "per_page", "total"):
-        int(data[key])
-    return data
-
-
-def _conversation_page(agent_id: int, response: _Response) -> ConversationPage:
-    data = _paginator(response)
-    return ConversationPage(
-        agent_id=agent_id,
-        page=int(data["current_page"]),
-        last_page=int(data["last_page"]),
-        per_page=int(data["per_page"]),
-        total=int(data["total"]),
-        items=tuple(_parse_conversation(item) for item in data["data"]),
-    )
-
-
-def _conversation(response: _Response) -> Conversation:
-    return _parse_conversation(response.data)
-
-
-def _parse_conversation(item: Any) -> Conversation:
-    if not isinstance(item, dict):
-        raise TypeError("a conversation must be an object")
-    created_by = item.get("created_by")
-    return Conversation(
-        id=int(item["id"]),
-        session_id=str(item["session_id"]),
-        agent_id=int(item["project_id"]),  # an int in real responses, a string in the spec
-        name=str(item.get("name") or ""),
-        created_by=int(created_by) if created_by not in (None, "") else None,
-        created_at=parse_timestamp(str(item["created_at"])),
-        updated_at=parse_timestamp(str(item.get("updated_at") or item["created_at"])),
-    )
-
-
-def _agent(item: Any) -> Agent:
-    return Agent(id=int(item["id"]), name=str(item.get("project_name") or ""))
-
-
-def _deleted(response: _Response) -> bool:
-    data = response.data
-    if not isinstance(data, dict) or data.get("deleted") is not True:
-        raise ValueError("expected {'deleted': true}")
-    return True
-
-
-def _newest_message(response: _Response) -> datetime | None:
-    messages = response["messages"]["data"]
-    if not isinstance(messages, list):
-        raise TypeError("messages.data must be a list")
-    stamps = [
-        parse_timestamp(str(m["created_at"]), not_after=response.server_time) for m in messages
-    ]
-    return max(stamps, default=None)
-
-
-def _settings(agent_id: int, response: _Response) -> AgentSettings:
-    data = response.data
-    if not isinstance(data, dict):
-        raise TypeError("settings must be an object")
-    period = data.get("conversation_retention_period")
-    days = data.get("conversation_retention_days")
-    return AgentSettings(
-        agent_id=agent_id,
-        retention_period=str(period) if period is not None else None,
-        retention_days=int(days) if days not in (None, "") else None,
-    )
 
 
 __all__ = ["ApiError", "CustomGPTClient"]

@@ -16,100 +16,21 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from retention.emulator_faults import Arrival, Fault, RateLimit
 from retention.emulator_seed import EmuAgent, EmuConversation, EmulatorState
+
+__all__ = ["DEFAULT_TOKEN", "Arrival", "Emulator", "Fault", "RateLimit", "Served"]
 
 DEFAULT_TOKEN = "emulator-token"
 API_PREFIX = "/api/v1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
-
-
-@dataclass
-class Fault:
-    """Misbehave on requests whose method and path (a glob, without the query) match.
-
-    ``times`` is how many matching requests it spoils (-1: all). Build one with the class
-    methods: ``Fault.status(503)``, ``Fault.malformed()``, ``Fault.html()``, ``Fault.reset()``,
-    ``Fault.delay(2.0)``, ``Fault.hang()``.
-    """
-
-    path: str = "*"
-    method: str = "*"
-    times: int = 1
-    status_code: int | None = None
-    body: str | None = None
-    content_type: str = "application/json"
-    delay_s: float = 0.0
-    reset_connection: bool = False
-
-    @classmethod
-    def status(cls, code: int, path: str = "*", **kw: Any) -> Fault:
-        return cls(path=path, status_code=code, **kw)
-
-    @classmethod
-    def malformed(cls, path: str = "*", **kw: Any) -> Fault:
-        return cls(path=path, status_code=200, body='{"status":"success","data":{"current_pa', **kw)
-
-    @classmethod
-    def html(cls, path: str = "*", code: int = 502, **kw: Any) -> Fault:
-        page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
-        return cls(path=path, status_code=code, body=page, content_type="text/html", **kw)
-
-    @classmethod
-    def reset(cls, path: str = "*", **kw: Any) -> Fault:
-        return cls(path=path, reset_connection=True, **kw)
-
-    @classmethod
-    def delay(cls, seconds: float, path: str = "*", **kw: Any) -> Fault:
-        return cls(path=path, delay_s=seconds, **kw)
-
-    @classmethod
-    def hang(cls, path: str = "*", **kw: Any) -> Fault:
-        return cls(path=path, delay_s=3600.0, **kw)
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.times == 0:
-            return False
-        return fnmatch.fnmatchcase(method, self.method) and fnmatch.fnmatchcase(path, self.path)
-
-
-@dataclass
-class RateLimit:
-    """At most ``limit`` requests per fixed ``window`` seconds, then 429 with Retry-After."""
-
-    limit: int
-    window: float = 60.0
-    _window_start: float = field(default=0.0, repr=False)
-    _used: int = field(default=0, repr=False)
-
-    def take(self, now: float) -> tuple[bool, int, float]:
-        """Count one request: (allowed, remaining, seconds until the window resets)."""
-        if now - self._window_start >= self.window:
-            self._window_start, self._used = now, 0
-        reset_in = self._window_start + self.window - now
-        if self._used >= self.limit:
-            return False, 0, reset_in
-        self._used += 1
-        return True, self.limit - self._used, reset_in
-
-
-@dataclass
-class Arrival:
-    """New conversations appear in ``agent_id`` just before a list page >= ``on_page`` is served."""
-
-    agent_id: int
-    count: int = 1
-    on_page: int = 2
-    times: int = 1
-    name: str = "Arrived {n}"
-    age_s: float = 0.0  # how old the arrivals already are (a due one: larger than a max_age)
-    _made: int = field(default=0, repr=False)
 
 
 @dataclass

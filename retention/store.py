@@ -14,16 +14,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
-    Connection,
     and_,
     bindparam,
     case,
@@ -39,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from retention.errors import StoreError
+from retention.migrate import current_revision, upgrade_to_head
 from retention.models import (
     AgentRecord,
     AuditRecord,
@@ -73,16 +68,6 @@ class AgentStatus:
     overdue: int
     held: int
     deleted_24h: int
-
-
-def alembic_config() -> AlembicConfig:
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(resources.files("retention") / "migrations"))
-    return cfg
-
-
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _make_parent(database: str) -> None:
@@ -146,9 +131,9 @@ class Store:
         """Apply pending migrations; returns (revision before, revision after)."""
         try:
             async with self.engine.begin() as conn:
-                before = await conn.run_sync(_revision)
-                await conn.run_sync(_upgrade)
-                after = await conn.run_sync(_revision)
+                before = await conn.run_sync(current_revision)
+                await conn.run_sync(upgrade_to_head)
+                after = await conn.run_sync(current_revision)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot migrate the store: {exc}") from None
         if before != after:
@@ -157,7 +142,7 @@ class Store:
 
     async def revision(self) -> str | None:
         async with self.engine.connect() as conn:
-            return await conn.run_sync(_revision)
+            return await conn.run_sync(current_revision)
 
     # ---- agents ------------------------------------------------------------------------------
 
@@ -450,13 +435,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def _upgrade(connection: Connection) -> None:
-    cfg = alembic_config()
-    cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "head")
-
-
-def _revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()

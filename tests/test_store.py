@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from retention.errors import StoreError
+from retention.migrate import head_revision
 from retention.models import (
     AgentRecord,
     AuditOutcome,
@@ -21,7 +22,7 @@ from retention.models import (
     TrackedConversation,
 )
 from retention.schema import metadata
-from retention.store import Store, head_revision
+from retention.store import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
