@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := retention tests benchmarks
 
-.PHONY: install test lint format demo emulate bench clean
+.PHONY: install test lint format demo emulate bench lock container-smoke clean
 
 install: $(STAMP)
 
@@ -33,6 +33,16 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_due.py
+
+# The container installs from this lock (exact versions, hashes). Refresh it after changing
+# dependencies; the machine's own pip settings are left out so the lock holds only PyPI.
+lock: $(STAMP)
+	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet \
+	    --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --output-file requirements.lock pyproject.toml
+
+container-smoke:
+	scripts/container-smoke
 
 emulate: $(STAMP)
 	$(BIN)/retention emulate --port 8765

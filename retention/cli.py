@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention import __version__, commands, demo, logs
@@ -21,7 +21,7 @@ from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit
 from retention.emulator_seed import load_seed, sample_state
 from retention.errors import ConfigError, RetentionError
 from retention.policy import Hold, Policy
-from retention.timefmt import format_duration
+from retention.timefmt import format_duration, parse_duration
 
 logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -72,12 +72,44 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
     _config_option(run)
 
+    create = commands.add_parser(
+        "create",
+        help="create a conversation through the API and track it with its own TTL",
+        description="Create a conversation (one API call) and track it. Its TTL beats every "
+        "policy; a hold still wins.",
+    )
+    _config_option(create)
+    create.add_argument("--agent", type=int, required=True, help="agent (project) id")
+    create.add_argument("--name", required=True, help="the conversation's name")
+    _record_options(create)
+
+    track = commands.add_parser(
+        "track",
+        help="register an existing conversation, with its own TTL",
+        description="Register an existing conversation (one API call, which also proves it "
+        "exists). Its TTL beats every policy; a hold still wins.",
+    )
+    _config_option(track)
+    track.add_argument("--agent", type=int, required=True, help="agent (project) id")
+    track.add_argument("--session", required=True, help="the conversation's session_id")
+    _record_options(track)
+
     status = commands.add_parser(
         "status",
         help="store figures per agent: tracked, due, overdue, held, deleted in 24h",
         description="Print figures from the local store. Makes no API call.",
     )
     _config_option(status)
+
+    probe = commands.add_parser(
+        "probe",
+        help="exit 0 when the running daemon's /healthz (or --ready: /readyz) answers OK",
+        description="Ask the daemon's admin surface, at the configured [admin] listen address, "
+        "whether it is alive (or ready). For container HEALTHCHECKs and scripts.",
+    )
+    _config_option(probe)
+    probe.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
+    probe.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
 
     db = commands.add_parser("db", help="store maintenance", description="Store maintenance.")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
@@ -116,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _record_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ttl", help="delete this long after now, e.g. 2h (default: policies)")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print only the session_id")
+    shown.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+def _ttl(args: argparse.Namespace) -> timedelta | None:
+    if args.ttl is None:
+        return None
+    try:
+        return parse_duration(args.ttl)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--ttl") from None
+
+
+def _output(args: argparse.Namespace) -> str:
+    return "quiet" if args.quiet else "json" if args.json else "text"
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="config file (default: env RETENTION_CONFIG)"
@@ -136,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("retention.deletion").setLevel(logging.WARNING)
             return demo.main(args.seconds)
         settings = _load(args)
-        secret = [settings.token.get_secret_value()] if settings.token else []
+        if args.command == "probe":
+            return commands.probe(settings, ready=args.ready, timeout=args.timeout)
+        secret = [t.get_secret_value() for t in (settings.token, settings.admin_token) if t]
         logs.configure(level=settings.log.level, fmt=settings.log.format, secrets=secret)
         return asyncio.run(_dispatch(args, settings))
     except ConfigError as exc:
@@ -157,6 +211,18 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await commands.once(settings, dry_run=args.dry_run)
     if args.command == "run":
         return await commands.run(settings)
+    if args.command == "create":
+        return await commands.create(
+            settings, agent_id=args.agent, name=args.name, ttl=_ttl(args), output=_output(args)
+        )
+    if args.command == "track":
+        return await commands.track(
+            settings,
+            agent_id=args.agent,
+            session_id=args.session,
+            ttl=_ttl(args),
+            output=_output(args),
+        )
     if args.command == "status":
         return await commands.status(settings)
     if args.command == "db":

@@ -195,6 +195,21 @@ class CustomGPTClient:
             parse=payloads.newest_message,
         )
 
+    async def conversation_info(
+        self, agent_id: int, session_id: str
+    ) -> tuple[Conversation, datetime | None]:
+        """One conversation's facts and its newest message's time: one messages call.
+
+        The API has no call for a single conversation; the first messages page carries it.
+        """
+        return await self._request(
+            "messages",
+            "GET",
+            f"projects/{agent_id}/conversations/{session_id}/messages",
+            params={"page": 1, "order": "desc"},
+            parse=payloads.conversation_with_activity,
+        )
+
     async def agent_settings(self, agent_id: int) -> AgentSettings:
         return await self._request(
             "settings",

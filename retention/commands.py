@@ -6,25 +6,32 @@ AsyncExitStack, so a failed start closes whatever had been opened.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 from pydantic import SecretStr
 from rich.console import Console
 
-from retention import render
+from retention import render, tracking, web
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
-from retention.config import TOKEN_ENV, Settings
+from retention.config import TOKEN_ENV, Settings, parse_listen
 from retention.daemon import Cadence, Daemon
 from retention.engine import Engine, EngineOptions, Progress, Rules
 from retention.errors import ConfigError
+from retention.metrics import Metrics, overdue_after
+from retention.models import TrackedConversation
+from retention.reload import ConfigWatcher
 from retention.store import Store
 
 logger = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ def engine_options(settings: Settings, *, dry_run: bool) -> EngineOptions:
         dry_run=dry_run or settings.safety.dry_run,
         reconcile_every=settings.schedule.reconcile_every,
         delete_concurrency=settings.api.max_concurrency,
+        policy_change_grace=settings.safety.policy_change_grace,
     )
 
 
@@ -127,21 +135,93 @@ async def once(settings: Settings, *, dry_run: bool) -> int:
 
 async def run(settings: Settings) -> int:
     logger.info("effective configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    async with open_runtime(settings) as runtime:
-        schedule = settings.schedule
+    async with AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(open_runtime(settings))
+        engine, schedule = runtime.engine, settings.schedule
+        metrics = Metrics(stats=runtime.client.stats, budget=runtime.client.budget)
+        engine.listeners.append(metrics.observe_sweep)
+        watcher = ConfigWatcher(Path(settings.source), engine, settings)
         daemon = Daemon(
-            runtime.engine,
+            engine,
             discover=Cadence(schedule.discover_every, schedule.discover_cron),
             delete=Cadence(schedule.delete_every, schedule.delete_cron),
+            on_reload=watcher.reload,
         )
+        if settings.admin.listen:
+            context = web.AdminContext(
+                engine=engine,
+                store=runtime.store,
+                metrics=metrics,
+                health=daemon.health,
+                admin_token=settings.admin_token,
+                ready_after_failing=settings.admin.ready_after_failing,
+                overdue_after=overdue_after(schedule.delete_every),
+            )
+            await stack.enter_async_context(web.serve(context, settings.admin.listen))
+        if schedule.watch_config:
+            watching = asyncio.create_task(watcher.watch())
+            stack.callback(watching.cancel)
         return await daemon.run()
+
+
+async def create(
+    settings: Settings, *, agent_id: int, name: str, ttl: timedelta | None, output: str
+) -> int:
+    async with open_runtime(settings) as runtime:
+        record = await tracking.create(runtime.engine, agent_id=agent_id, name=name, ttl=ttl)
+    _print_record(record, output, verb="created")
+    return 0
+
+
+async def track(
+    settings: Settings, *, agent_id: int, session_id: str, ttl: timedelta | None, output: str
+) -> int:
+    async with open_runtime(settings) as runtime:
+        record = await tracking.track(
+            runtime.engine, agent_id=agent_id, session_id=session_id, ttl=ttl
+        )
+    _print_record(record, output, verb="tracking")
+    return 0
+
+
+def _print_record(record: TrackedConversation, output: str, *, verb: str) -> None:
+    if output == "quiet":
+        print(record.session_id)
+    elif output == "json":
+        print(json.dumps(render.record_json(record, now=datetime.now(UTC)), indent=2))
+    else:
+        due = render.stamp(record.due_at) if record.due_at else "never"
+        print(
+            f"{verb} {record.session_id} in agent {record.agent_id} ({record.name!r}): "
+            f"due {due} by {record.rule or 'no rule'}"
+        )
+
+
+def probe(settings: Settings, *, ready: bool, timeout: float) -> int:
+    """GET /healthz (or /readyz) on the configured admin address; 0 when it answers 200."""
+    if not settings.admin.listen:
+        raise ConfigError("the admin surface is off ([admin] listen is empty)", key="admin.listen")
+    host, port = parse_listen(settings.admin.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/{'readyz' if ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            print(response.read().decode(errors="replace"))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"{url}: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+    return 1
 
 
 async def status(settings: Settings) -> int:
     store = await Store.open(settings.store.url)
     try:
         now = datetime.now(UTC)
-        rows = await store.status(now, overdue_after=settings.schedule.delete_every * 2)
+        rows = await store.status(now, overdue_after=overdue_after(settings.schedule.delete_every))
         platform = {}
         for row in rows:
             agent = await store.agent(row.agent_id)

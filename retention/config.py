@@ -42,6 +42,7 @@ from retention.timefmt import parse_duration
 
 CONFIG_ENV = "RETENTION_CONFIG"
 TOKEN_ENV = "CUSTOMGPT_API_TOKEN"
+ADMIN_TOKEN_ENV = "RETENTION_ADMIN_TOKEN"
 ENV_PREFIX = "RETENTION_"
 DEFAULT_BASE_URL = "https://app.customgpt.ai/api/v1/"
 
@@ -55,6 +56,22 @@ def _duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _duration_or_zero(value: object) -> object:
+    if value in ("0", 0):
+        return timedelta(0)
+    return _duration(value)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, e.g. '127.0.0.1:8080', got {value!r}")
+    return host.strip("[]"), int(port)
+
+
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
 
@@ -103,14 +120,26 @@ class ScheduleSettings(_Section):
     delete_every: Duration = timedelta(minutes=1)
     delete_cron: Annotated[str | None, BeforeValidator(_cron)] = None
     reconcile_every: Duration = timedelta(hours=24)
+    watch_config: bool = True  # reload policies and holds when the config file changes
 
 
 class SafetySettings(_Section):
     dry_run: bool = False
+    policy_change_grace: Annotated[timedelta, BeforeValidator(_duration_or_zero)] = timedelta(0)
 
 
 class AdminSettings(_Section):
     listen: str | None = "127.0.0.1:8080"
+    token_file: Path | None = None
+    ready_after_failing: Duration = timedelta(minutes=15)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parse_listen(value)
+        return value
 
 
 class LogSettings(_Section):
@@ -218,6 +247,7 @@ class Settings(BaseSettings):
     holds: list[HoldSpec] = []
 
     _token: SecretStr | None = PrivateAttr(default=None)
+    _admin_token: SecretStr | None = PrivateAttr(default=None)
     _source: str = PrivateAttr(default="")
 
     @classmethod
@@ -237,6 +267,10 @@ class Settings(BaseSettings):
         return self._token
 
     @property
+    def admin_token(self) -> SecretStr | None:
+        return self._admin_token
+
+    @property
     def source(self) -> str:
         return self._source
 
@@ -251,6 +285,7 @@ class Settings(BaseSettings):
         """The effective configuration for a log line: the token shown only as set or not."""
         data = self.model_dump(mode="json", exclude={"policies", "holds"})
         data["api"]["token"] = "set" if self._token is not None else "not set"
+        data["admin"]["token"] = "set" if self._admin_token is not None else "not set"
         data["policies"] = [p.name for p in self.policies]
         data["holds"] = [h.name for h in self.holds]
         return data
@@ -279,13 +314,14 @@ def load_config(path: Path) -> Settings:
         raise ConfigError(f"cannot read: {exc}", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=source) from None
-    if "token" in raw.get("api", {}):
-        raise ConfigError(
-            f"the token never goes in the config file: set env {TOKEN_ENV} or name a file "
-            "with [api] token_file",
-            source=source,
-            key="api.token",
-        )
+    for section, env_name in (("api", TOKEN_ENV), ("admin", ADMIN_TOKEN_ENV)):
+        if isinstance(raw.get(section), dict) and "token" in raw[section]:
+            raise ConfigError(
+                f"the token never goes in the config file: set env {env_name} or name a file "
+                f"with [{section}] token_file",
+                source=source,
+                key=f"{section}.token",
+            )
     settings = _validate(raw, source, env)
     try:
         policies, holds = settings.rules()
@@ -293,7 +329,16 @@ def load_config(path: Path) -> Settings:
     except RuleError as exc:
         raise ConfigError(str(exc), source=source) from None
     settings._source = source
-    settings._token = _read_token(settings.api.token_file, path.parent, env, source)
+    settings._token = _read_token(
+        env.get(TOKEN_ENV), settings.api.token_file, path.parent, source, key="api.token_file"
+    )
+    settings._admin_token = _read_token(
+        env.get(ADMIN_TOKEN_ENV),
+        settings.admin.token_file,
+        path.parent,
+        source,
+        key="admin.token_file",
+    )
     return settings
 
 
@@ -358,9 +403,9 @@ def _key_label(loc: list[str], raw: dict[str, Any]) -> tuple[str, str]:
 
 
 def _read_token(
-    token_file: Path | None, base: Path, env: Mapping[str, str], source: str
+    from_env: str | None, token_file: Path | None, base: Path, source: str, *, key: str
 ) -> SecretStr | None:
-    value = env.get(TOKEN_ENV, "").strip()
+    value = (from_env or "").strip()
     if value:
         return SecretStr(value)
     if token_file is None:
@@ -370,10 +415,8 @@ def _read_token(
         text = file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(
-            f"cannot read token file {str(file)!r}: {exc.strerror}",
-            source=source,
-            key="api.token_file",
+            f"cannot read token file {str(file)!r}: {exc.strerror}", source=source, key=key
         ) from None
     if not text:
-        raise ConfigError(f"token file {str(file)!r} is empty", source=source, key="api.token_file")
+        raise ConfigError(f"token file {str(file)!r} is empty", source=source, key=key)
     return SecretStr(text)

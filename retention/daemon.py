@@ -65,7 +65,7 @@ class Daemon:
         discover: Cadence,
         delete: Cadence,
         stop_timeout: float = 30.0,
-        on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        on_reload: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
         self.engine = engine
         self.discover = discover

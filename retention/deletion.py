@@ -38,7 +38,9 @@ async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | Non
     """Delete what is due, at most ``delete_batch`` per sweep, ``delete_concurrency`` at once."""
     options = engine.options
     now = engine.clock()
-    candidates = await engine.store.due(now, limit=options.delete_batch, skip_dry_run_noted=True)
+    candidates = await engine.store.due(
+        now, limit=options.delete_batch, skip_dry_run_noted=options.dry_run
+    )
     report.due = len(candidates)
     queue = iter(candidates)  # shared by the workers: oldest due first, whoever is free
     done = 0
@@ -118,8 +120,12 @@ async def _delete_one(
             current.due_at.isoformat() if current.due_at else "never",
         )
         return
+    if current.grace_until is not None and current.grace_until > now:
+        return  # a policy change made it due: it waits out the grace
     if engine.options.dry_run or engine.policy_dry_run(current.rule):
-        await _audit(engine, current, AuditOutcome.DRY_RUN, now, sweep_id)
+        if current.dry_run_noted_at is not None:
+            return  # said once already
+        await _audit(engine, report, current, AuditOutcome.DRY_RUN, now, sweep_id)
         await engine.store.note_dry_run(current.agent_id, current.session_id, now=now)
         report.would_delete += 1
         logger.info("dry-run: would delete %s (%s)", _label(current), current.reason)
@@ -141,7 +147,7 @@ async def _send_delete(
         await store.set_state(
             current.agent_id, current.session_id, State.ACTIVE, now=now, error=str(exc)
         )
-        await _audit(engine, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
+        await _audit(engine, report, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
         report.failed += 1
         logger.warning("could not delete %s: %s", _label(current), exc)
         if isinstance(exc, AuthError):
@@ -150,18 +156,19 @@ async def _send_delete(
     done = engine.clock()
     if outcome is DeleteOutcome.DELETED:
         await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
-        await _audit(engine, current, AuditOutcome.DELETED, done, sweep_id)
+        await _audit(engine, report, current, AuditOutcome.DELETED, done, sweep_id)
         report.deleted += 1
         logger.info("deleted %s (%s)", _label(current), current.reason)
     else:
         await store.set_state(current.agent_id, current.session_id, State.GONE, now=done)
-        await _audit(engine, current, AuditOutcome.ALREADY_GONE, done, sweep_id)
+        await _audit(engine, report, current, AuditOutcome.ALREADY_GONE, done, sweep_id)
         report.already_gone += 1
         logger.info("already gone: %s", _label(current))
 
 
 async def _audit(
     engine: Engine,
+    report: SweepReport,
     conversation: TrackedConversation,
     outcome: AuditOutcome,
     at: datetime,
@@ -169,6 +176,7 @@ async def _audit(
     *,
     detail: str | None = None,
 ) -> None:
+    report.outcomes[(outcome.value, conversation.rule or "")] += 1
     record = AuditRecord(
         at=at,
         agent_id=conversation.agent_id,

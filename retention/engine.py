@@ -25,6 +25,7 @@ from retention.models import (
     AgentRecord,
     AgentSettings,
     AuditRecord,
+    Conversation,
     DecisionKind,
     DeleteOutcome,
     Listing,
@@ -51,6 +52,10 @@ class Api(Protocol):
     async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome: ...
     async def last_activity(self, agent_id: int, session_id: str) -> datetime | None: ...
     async def agent_settings(self, agent_id: int) -> AgentSettings: ...
+    async def create_conversation(self, agent_id: int, name: str) -> Conversation: ...
+    async def conversation_info(
+        self, agent_id: int, session_id: str
+    ) -> tuple[Conversation, datetime | None]: ...
 
 
 class Repository(Protocol):
@@ -71,7 +76,12 @@ class Repository(Protocol):
     async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
     async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None: ...
     async def due(
-        self, now: datetime, *, limit: int, skip_dry_run_noted: bool = False
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        skip_dry_run_noted: bool = False,
+        include_grace: bool = False,
     ) -> list[TrackedConversation]: ...
     async def set_state(
         self,
@@ -116,6 +126,7 @@ class EngineOptions:
     delete_concurrency: int = 4
     delete_batch: int = 500  # at most this many deletions per sweep; the rest wait their turn
     activity_fresh: timedelta = timedelta(minutes=1)  # a newest-message time this recent is used
+    policy_change_grace: timedelta = timedelta(0)  # deletions a rules change newly causes wait
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,8 @@ class PlanItem:
     reason: str
     dry_run: bool
     state: State
+    grace_until: datetime | None = None  # waiting out a policy change's grace until then
+    unconfirmed: bool = False  # a last-activity rule whose newest message was not read
 
 
 class AgentGate:
@@ -194,7 +207,9 @@ class Engine:
         self.clock = clock
         self.progress = progress
         self.stopping = asyncio.Event()
+        self.listeners: list[Callable[[SweepReport], None]] = []  # told of every sweep's end
         self._gates: dict[int, AgentGate] = {}
+        self._rules_lock = asyncio.Lock()
 
     def gate(self, agent_id: int) -> AgentGate:
         return self._gates.setdefault(agent_id, AgentGate())
@@ -217,18 +232,56 @@ class Engine:
         )
 
     async def apply_rules(self) -> int:
-        """Re-evaluate every live conversation when the rules (or dry-run) changed. Local only."""
+        """Re-evaluate every live conversation when the rules (or dry-run) changed. Local only.
+
+        With ``policy_change_grace``, a conversation the change makes due (or due sooner) within
+        the grace waits until the grace has passed: time to revert a bad edit before it costs
+        data. The very first rules a store sees have nothing to be compared with.
+        """
+        async with self._rules_lock:
+            return await self._apply_rules()
+
+    async def _apply_rules(self) -> int:
         fingerprint = self.rules.fingerprint(dry_run=self.options.dry_run)
-        if await self.store.get_meta(RULES_KEY) == fingerprint:
+        previous = await self.store.get_meta(RULES_KEY)
+        if previous == fingerprint:
             return 0
         now = self.clock()
+        grace_until = now + self.options.policy_change_grace
         live = await self.store.conversations(states=(State.ACTIVE, State.HELD, State.DELETING))
-        changed = [replace(self.evaluate(c, now), dry_run_noted_at=None) for c in live]
+        changed = []
+        waiting = 0
+        for before in live:
+            after = self.evaluate(before, now)
+            if (after.rule, after.due_at) != (before.rule, before.due_at):
+                after = replace(after, dry_run_noted_at=None)
+            sooner = after.due_at is not None and (
+                before.due_at is None or after.due_at < before.due_at
+            )
+            if previous is not None and sooner and after.due_at < grace_until:  # type: ignore[operator]
+                after = replace(after, grace_until=grace_until)
+                waiting += 1
+            elif not sooner:
+                after = replace(after, grace_until=None)
+            if after != before:
+                changed.append(after)
         await self.store.update(changed, now=now)
         await self.store.set_meta(RULES_KEY, fingerprint)
         if changed:
             logger.info("rules changed: re-evaluated %d conversations", len(changed))
+        if waiting:
+            logger.warning(
+                "rules changed: %d conversations newly due wait out the policy change grace "
+                "until %s",
+                waiting,
+                grace_until.isoformat(timespec="seconds"),
+            )
         return len(changed)
+
+    async def set_rules(self, rules: Rules) -> int:
+        """Put new rules in force (a reload) and re-evaluate what the store holds."""
+        self.rules = rules
+        return await self.apply_rules()
 
     async def sweep(
         self, kind: str = "once", *, discover: bool = True, delete: bool = True
@@ -252,42 +305,60 @@ class Engine:
                 await asyncio.shield(self.store.finish_sweep(sweep_id, report))
                 log = logger.info if report.ok else logger.error
                 log("%s", report.summary())
+                for listener in self.listeners:
+                    listener(report)
         return report
 
-    async def plan(self, *, discover: bool = True) -> tuple[list[PlanItem], SweepReport]:
-        """What is due now, confirmed where the rule needs the newest message. Deletes nothing."""
-        report = SweepReport(kind="plan", started_at=self.clock(), dry_run=True)
+    async def plan(
+        self, *, discover: bool = True, confirm: bool = True
+    ) -> tuple[list[PlanItem], SweepReport]:
+        """What is due now, including what waits out a policy change's grace. Deletes nothing.
+
+        With ``confirm``, a last-activity candidate's newest message is read (one GET each);
+        without it (the admin API), nothing is sent and such items are marked unconfirmed.
+        """
+        report = SweepReport(kind="plan", started_at=self.clock(), dry_run=self.options.dry_run)
         with self.api.stats.scope() as calls:
             await self.apply_rules()
             if discover:
                 await discover_all(self, report)
             now = self.clock()
-            candidates = await self.store.due(now, limit=1_000_000)
-            confirmed = [
-                await confirm_activity(self, self.evaluate(c, now), now) for c in candidates
-            ]
+            candidates = await self.store.due(now, limit=1_000_000, include_grace=True)
+            confirmed = []
+            for candidate in candidates:
+                current = self.evaluate(candidate, now)
+                if confirm:
+                    current = await confirm_activity(self, current, now)
+                confirmed.append(current)
         report.api_calls = dict(sorted(calls.items()))
-        items: list[PlanItem] = []
-        for current in confirmed:
-            if current.due_at is None or current.due_at > now or current.state is State.HELD:
-                continue
-            decision_dry_run = self.policy_dry_run(current.rule)
-            items.append(
-                PlanItem(
-                    agent_id=current.agent_id,
-                    session_id=current.session_id,
-                    name=current.name,
-                    rule=current.rule,
-                    due_at=current.due_at,
-                    age=now - current.created_at,
-                    reason=current.reason or "",
-                    dry_run=self.options.dry_run or decision_dry_run,
-                    state=current.state,
-                )
-            )
+        items = [
+            item
+            for current in confirmed
+            if (item := self._plan_item(current, now, confirm=confirm)) is not None
+        ]
         report.due = len(items)
         report.finished_at = self.clock()
         return items, report
+
+    def _plan_item(
+        self, current: TrackedConversation, now: datetime, *, confirm: bool
+    ) -> PlanItem | None:
+        if current.due_at is None or current.due_at > now or current.state is State.HELD:
+            return None
+        waiting = current.grace_until if current.grace_until and current.grace_until > now else None
+        return PlanItem(
+            agent_id=current.agent_id,
+            session_id=current.session_id,
+            name=current.name,
+            rule=current.rule,
+            due_at=current.due_at,
+            age=now - current.created_at,
+            reason=current.reason or "",
+            dry_run=self.options.dry_run or self.policy_dry_run(current.rule),
+            state=current.state,
+            grace_until=waiting,
+            unconfirmed=current.provisional and not confirm,
+        )
 
     def policy_dry_run(self, rule: str | None) -> bool:
         return any(p.name == rule and p.dry_run for p in self.rules.policies)

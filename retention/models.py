@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -191,6 +192,8 @@ class TrackedConversation:
     attempts: int = 0
     last_error: str | None = None
     dry_run_noted_at: datetime | None = None
+    # A policy change made this conversation due (sooner): it waits until then before deletion.
+    grace_until: datetime | None = None
     first_seen: datetime | None = None
     finished_at: datetime | None = None
 
@@ -259,6 +262,7 @@ class SweepReport:
     would_delete: int = 0
     postponed: int = 0  # a recent message pushed the due time forward
     api_calls: dict[str, int] = field(default_factory=dict)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, rule)
     error: str | None = None
 
     @property

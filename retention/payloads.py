@@ -130,6 +130,10 @@ def newest_message(response: Response) -> datetime | None:
     return max(stamps, default=None)
 
 
+def conversation_with_activity(response: Response) -> tuple[Conversation, datetime | None]:
+    return parse_conversation(response["conversation"]), newest_message(response)
+
+
 def agent_settings(agent_id: int, response: Response) -> AgentSettings:
     data = response.data
     if not isinstance(data, dict):

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from retention.engine import PlanItem
-from retention.models import SweepReport
+from retention.models import AuditRecord, SweepReport, TrackedConversation
 from retention.store import AgentStatus
 from retention.timefmt import format_duration
 
@@ -35,6 +35,8 @@ def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) 
                 "reason": item.reason,
                 "dry_run": item.dry_run,
                 "state": item.state.value,
+                "grace_until": item.grace_until.isoformat() if item.grace_until else None,
+                "unconfirmed": item.unconfirmed,
             }
             for item in items
         ],
@@ -57,7 +59,14 @@ def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None
     for header in ("agent", "session_id", "name", "age", "rule", "due since", "note"):
         table.add_column(header, no_wrap=header in ("session_id", "due since", "age"))
     for item in items:
-        note = "dry-run" if item.dry_run else ("retry" if item.state.value == "deleting" else "")
+        notes = []
+        if item.grace_until is not None:
+            notes.append(f"waits for grace until {stamp(item.grace_until)}")
+        if item.dry_run:
+            notes.append("dry-run")
+        if item.state.value == "deleting":
+            notes.append("retry")
+        note = ", ".join(notes)
         table.add_row(
             str(item.agent_id),
             item.session_id,
@@ -79,12 +88,53 @@ def status_table(
 ) -> None:
     console = _console(out)
     table = Table(title=f"store at {stamp(now)}", title_justify="left")
-    for header in ("agent", "tracked", "due", "overdue", "held", "deleted 24h", "platform"):
+    headers = ("agent", "tracked", "due", "overdue", "held", "deleted 24h", "in grace", "platform")
+    for header in headers:
         table.add_column(header, justify="right" if header != "platform" else "left")
-    totals = [0, 0, 0, 0, 0]
+    totals = [0, 0, 0, 0, 0, 0]
     for row in rows:
-        figures = [row.tracked, row.due, row.overdue, row.held, row.deleted_24h]
+        figures = [row.tracked, row.due, row.overdue, row.held, row.deleted_24h, row.grace]
         totals = [a + b for a, b in zip(totals, figures, strict=True)]
         table.add_row(str(row.agent_id), *map(str, figures), platform.get(row.agent_id, "-"))
     table.add_row("all", *map(str, totals), "", end_section=True)
     console.print(table)
+
+
+def record_json(record: TrackedConversation, *, now: datetime) -> dict[str, Any]:
+    """A tracked conversation, its decision and the reason (the admin API's "why" view)."""
+    return {
+        "agent_id": record.agent_id,
+        "session_id": record.session_id,
+        "remote_id": record.remote_id,
+        "name": record.name,
+        "origin": record.origin.value,
+        "state": record.state.value,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "last_activity_at": _iso(record.last_activity_at),
+        "ttl_seconds": int(record.ttl.total_seconds()) if record.ttl is not None else None,
+        "ttl_from": _iso(record.ttl_from),
+        "rule": record.rule,
+        "due_at": _iso(record.due_at),
+        "due": record.due_at is not None and record.due_at <= now,
+        "grace_until": _iso(record.grace_until),
+        "reason": record.reason,
+        "attempts": record.attempts,
+        "last_error": record.last_error,
+        "finished_at": _iso(record.finished_at),
+    }
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "at": record.at.isoformat(),
+        "outcome": record.outcome.value,
+        "rule": record.rule,
+        "name": record.name,
+        "age_seconds": int(record.age.total_seconds()),
+        "detail": record.detail,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

@@ -92,6 +92,7 @@ conversations = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
     Column("dry_run_noted_at", UTCDateTime, nullable=True),
+    Column("grace_until", UTCDateTime, nullable=True),
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
@@ -172,6 +173,7 @@ def conversation_row(c: TrackedConversation) -> dict[str, Any]:
         "attempts": c.attempts,
         "last_error": c.last_error,
         "dry_run_noted_at": c.dry_run_noted_at,
+        "grace_until": c.grace_until,
         "finished_at": c.finished_at,
     }
 
@@ -199,6 +201,7 @@ def conversation_from_row(m: Any) -> TrackedConversation:
         attempts=m["attempts"],
         last_error=m["last_error"],
         dry_run_noted_at=m["dry_run_noted_at"],
+        grace_until=m["grace_until"],
         first_seen=m["first_seen"],
         finished_at=m["finished_at"],
     )

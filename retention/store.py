@@ -68,6 +68,7 @@ class AgentStatus:
     overdue: int
     held: int
     deleted_24h: int
+    grace: int = 0  # due, but waiting out a policy change's grace
 
 
 def _make_parent(database: str) -> None:
@@ -262,11 +263,17 @@ class Store:
             await conn.execute(statement, [{"k_session": k} for k in keys])
 
     async def due(
-        self, now: datetime, *, limit: int, skip_dry_run_noted: bool = False
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        skip_dry_run_noted: bool = False,
+        include_grace: bool = False,
     ) -> list[TrackedConversation]:
         """Conversations left mid-delete first, then the due set, oldest due first.
 
         Both parts read ``ix_conversations_state_due``: the cost follows the number due.
+        Those still waiting out a policy change's grace are left out unless asked for.
         """
         unfinished = select(conversations).where(conversations.c.state == State.DELETING.value)
         due = select(conversations).where(
@@ -275,6 +282,9 @@ class Store:
         )
         if skip_dry_run_noted:
             due = due.where(conversations.c.dry_run_noted_at.is_(None))
+        if not include_grace:
+            grace = conversations.c.grace_until
+            due = due.where(or_(grace.is_(None), grace <= now))
         async with self.engine.connect() as conn:
             first = (await conn.execute(unfinished.limit(limit))).all()
             rest = (
@@ -404,8 +414,9 @@ class Store:
         c = conversations
         live = c.c.state.in_([State.ACTIVE.value, State.HELD.value, State.DELETING.value])
         is_due = and_(c.c.state.in_([State.ACTIVE.value, State.DELETING.value]), c.c.due_at <= now)
-        overdue = and_(is_due, c.c.due_at <= now - overdue_after)
+        overdue = and_(is_due, c.c.due_at <= now - overdue_after, _not_in_grace(c, now))
         recent = and_(c.c.state == State.DELETED.value, c.c.finished_at >= now - timedelta(days=1))
+        waiting = and_(is_due, c.c.grace_until > now)
         query = (
             select(
                 c.c.agent_id,
@@ -414,6 +425,7 @@ class Store:
                 func.sum(_flag(overdue)),
                 func.sum(_flag(c.c.state == State.HELD.value)),
                 func.sum(_flag(recent)),
+                func.sum(_flag(waiting)),
             )
             .where(or_(live, recent))
             .group_by(c.c.agent_id)
@@ -422,6 +434,10 @@ class Store:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [AgentStatus(int(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
+
+
+def _not_in_grace(c: Any, now: datetime) -> Any:
+    return or_(c.c.grace_until.is_(None), c.c.grace_until <= now)
 
 
 def _flag(condition: Any) -> Any:

@@ -14,6 +14,7 @@ import pytest
 from retention.cli import main
 from retention.emulator import Emulator
 from retention.emulator_seed import EmulatorState
+from retention.migrate import head_revision
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
@@ -176,7 +177,7 @@ async def test_status_and_db_upgrade_need_no_token(
     config: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await cli("db", "upgrade", "--config", config) == 0
-    assert "upgraded from empty to 0001" in capsys.readouterr().out
+    assert f"upgraded from empty to {head_revision()}" in capsys.readouterr().out
     assert await cli("once", "--config", config) == 0
     capsys.readouterr()
     monkeypatch.delenv("CUSTOMGPT_API_TOKEN")
@@ -185,5 +186,5 @@ async def test_status_and_db_upgrade_need_no_token(
     assert await cli("status", "--config", config) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "532" in line)
-    # agent 532: 5 listed, 2 deleted -> 3 tracked, of which 1 held; 2 deleted in 24h
-    assert row.replace("│", " ").split()[:6] == ["532", "3", "0", "0", "1", "2"]
+    # agent 532: 5 listed, 2 deleted -> 3 tracked, of which 1 held; 2 deleted in 24h; 0 in grace
+    assert row.replace("│", " ").split()[:7] == ["532", "3", "0", "0", "1", "2", "0"]

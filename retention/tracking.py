@@ -1,0 +1,77 @@
+"""Conversations retention creates or is told about, each with a TTL of its own.
+
+Cost in calls: ``create`` one POST; ``track`` one GET (the first messages page, which carries
+the conversation's facts and proves it exists). Precedence (DESIGN.md section 4): a hold still
+wins over such a TTL; the TTL beats every policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from retention.models import Conversation, Origin, State, TrackedConversation
+
+if TYPE_CHECKING:
+    from retention.engine import Engine
+
+
+async def create(
+    engine: Engine, *, agent_id: int, name: str, ttl: timedelta | None
+) -> TrackedConversation:
+    """Create a conversation through the API and track it (with ``ttl``, if given)."""
+    remote = await engine.api.create_conversation(agent_id, name)
+    return await _keep(engine, remote, origin=Origin.CREATED, ttl=ttl)
+
+
+async def track(
+    engine: Engine, *, agent_id: int, session_id: str, ttl: timedelta | None
+) -> TrackedConversation:
+    """Register an existing conversation (it must exist: NotFoundError otherwise)."""
+    remote, newest = await engine.api.conversation_info(agent_id, session_id)
+    seen = {"last_activity_at": newest or remote.created_at, "activity_checked_at": engine.clock()}
+    return await _keep(engine, remote, origin=Origin.REGISTERED, ttl=ttl, extra=seen)
+
+
+async def _keep(
+    engine: Engine,
+    remote: Conversation,
+    *,
+    origin: Origin,
+    ttl: timedelta | None,
+    extra: Mapping[str, object] | None = None,
+) -> TrackedConversation:
+    now = engine.clock()
+    known = await engine.store.get(remote.agent_id, remote.session_id)
+    facts = {
+        "remote_id": remote.id,
+        "name": remote.name,
+        "created_by": remote.created_by,
+        "created_at": remote.created_at,
+        "updated_at": remote.updated_at,
+        "ttl": ttl,
+        "ttl_from": now if ttl is not None else None,
+        **(extra or {}),
+    }
+    if known is None:
+        fresh = TrackedConversation(
+            agent_id=remote.agent_id,
+            session_id=remote.session_id,
+            origin=origin,
+            state=State.ACTIVE,
+            first_seen=now,
+            **facts,  # type: ignore[arg-type]
+        )
+        record = engine.evaluate(fresh, now)
+        await engine.store.insert([record], now=now)
+        return record
+    if known.origin is Origin.DISCOVERED:
+        facts["origin"] = origin
+    if known.state in (State.DELETED, State.GONE):
+        facts["state"] = State.ACTIVE
+        facts["finished_at"] = None
+    record = engine.evaluate(replace(known, **facts), now)  # type: ignore[arg-type]
+    await engine.store.update([record], now=now)
+    return record

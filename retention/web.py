@@ -1,0 +1,299 @@
+"""The daemon's admin HTTP surface (aiohttp.web): health, metrics, tracking and the "why" view.
+
+    GET  /healthz                             the process is alive
+    GET  /readyz                              store reachable and migrated, sweeps not failing
+    GET  /metrics                             Prometheus text
+    GET  /v1/plan                             the due set, from the store (no API call)
+    GET  /v1/conversations/{agent}/{session}  facts, decision, audit rows
+    POST /v1/conversations                    create and track: {"agent_id", "name", "ttl"}
+    POST /v1/tracked                          track: {"agent_id", "session_id", "ttl"}
+
+Changing endpoints always need ``Authorization: Bearer <admin token>``; without an admin token
+configured they are off. When one is configured, the /v1 read endpoints need it too. The server
+refuses to listen beyond loopback without one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from retention import render, tracking
+from retention.config import parse_listen
+from retention.daemon import Health
+from retention.engine import Engine
+from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
+from retention.metrics import CONTENT_TYPE, Metrics
+from retention.migrate import head_revision
+from retention.store import Store
+from retention.timefmt import parse_duration
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+B = TypeVar("B", bound="_Body")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: int = Field(gt=0)
+    ttl: str | None = None
+
+    @field_validator("ttl")
+    @classmethod
+    def _check_ttl(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def ttl_delta(self) -> timedelta | None:
+        return parse_duration(self.ttl) if self.ttl is not None else None
+
+
+class CreateBody(_Body):
+    name: str = Field(min_length=1, max_length=255)
+
+
+class TrackBody(_Body):
+    session_id: str = Field(min_length=8, max_length=64, pattern=r"^[0-9A-Za-z-]+$")
+
+
+@dataclass
+class AdminContext:
+    engine: Engine
+    store: Store
+    metrics: Metrics
+    health: Health | None
+    admin_token: SecretStr | None
+    ready_after_failing: timedelta
+    overdue_after: timedelta
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(ctx: AdminContext) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _bind(ctx, _readyz))
+    app.router.add_get("/metrics", _bind(ctx, _metrics))
+    app.router.add_get("/v1/plan", _bind(ctx, _reading(ctx, _plan)))
+    app.router.add_get("/v1/conversations/{agent}/{session}", _bind(ctx, _reading(ctx, _why)))
+    app.router.add_post("/v1/conversations", _bind(ctx, _changing(ctx, _create)))
+    app.router.add_post("/v1/tracked", _bind(ctx, _changing(ctx, _track)))
+    return app
+
+
+@asynccontextmanager
+async def serve(ctx: AdminContext, listen: str) -> AsyncIterator[str]:
+    """Listen on ``host:port`` (port 0 picks one) and yield the base URL."""
+    host, port = parse_listen(listen)
+    if not is_loopback(host) and ctx.admin_token is None:
+        raise ConfigError(
+            f"refusing to listen on {listen} beyond loopback without an admin token: set env "
+            "RETENTION_ADMIN_TOKEN or [admin] token_file",
+            key="admin.listen",
+        )
+    runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot listen on {listen}: {exc.strerror}", key="admin.listen"
+        ) from None
+    bound = runner.addresses[0][1]
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("admin surface listening on http://%s:%d", shown, bound)
+    try:
+        yield f"http://{shown}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+Endpoint = Callable[[AdminContext, web.Request], Awaitable[web.StreamResponse]]
+
+
+def _bind(ctx: AdminContext, endpoint: Endpoint) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await endpoint(ctx, request)
+
+    return handler
+
+
+def _authorised(ctx: AdminContext, request: web.Request) -> bool:
+    if ctx.admin_token is None:
+        return False
+    header = request.headers.get("Authorization", "")
+    expected = f"Bearer {ctx.admin_token.get_secret_value()}"
+    return hmac.compare_digest(header.encode(), expected.encode())
+
+
+def _changing(ctx: AdminContext, endpoint: Endpoint) -> Endpoint:
+    async def guarded(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+        if ctx.admin_token is None:
+            return _fail(403, "changes over HTTP are off: set RETENTION_ADMIN_TOKEN to allow them")
+        if not _authorised(ctx, request):
+            return _fail(
+                401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await endpoint(ctx, request)
+
+    return guarded
+
+
+def _reading(ctx: AdminContext, endpoint: Endpoint) -> Endpoint:
+    async def guarded(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+        if ctx.admin_token is not None and not _authorised(ctx, request):
+            return _fail(
+                401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await endpoint(ctx, request)
+
+    return guarded
+
+
+def _fail(status: int, message: str, *, field: str | None = None, **kw: Any) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, **kw)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return _fail(exc.status, exc.reason)
+    except StoreError as exc:
+        logger.error("admin %s %s: %s", request.method, request.path, exc)
+        return _fail(503, "the store is not available")
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+    problems = []
+    try:
+        revision = await ctx.store.revision()
+        if revision != head_revision():
+            problems.append(f"store schema at {revision}, not {head_revision()}")
+    except StoreError:
+        problems.append("the store is not reachable")
+    health = ctx.health
+    now = ctx.engine.clock()
+    if health is not None and health.failing_since is not None:
+        failing = now - health.failing_since
+        if failing > ctx.ready_after_failing:
+            problems.append(f"sweeps have been failing for {int(failing.total_seconds())}s")
+    body: dict[str, Any] = {
+        "status": "ready" if not problems else "not ready",
+        "problems": problems,
+    }
+    if health is not None:
+        body["last_success_at"] = (
+            health.last_success_at.isoformat() if health.last_success_at else None
+        )
+    return web.json_response(body, status=200 if not problems else 503)
+
+
+async def _metrics(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+    rows = await ctx.store.status(ctx.engine.clock(), overdue_after=ctx.overdue_after)
+    ctx.metrics.set_store_figures(rows)
+    return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _plan(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+    items, report = await ctx.engine.plan(discover=False, confirm=False)
+    return web.json_response(render.plan_json(items, report, now=ctx.engine.clock()))
+
+
+async def _why(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+    try:
+        agent_id = int(request.match_info["agent"])
+    except ValueError:
+        return _fail(400, "agent must be an integer", field="agent")
+    session_id = request.match_info["session"]
+    record = await ctx.store.get(agent_id, session_id)
+    if record is None:
+        return _fail(404, f"conversation {session_id} of agent {agent_id} is not tracked")
+    now = ctx.engine.clock()
+    trail = await ctx.store.audit_trail(agent_id, session_id)
+    body = render.record_json(record, now=now)
+    body["audit"] = [render.audit_json(a) for a in trail]
+    return web.json_response(body)
+
+
+async def _create(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, CreateBody)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        record = await tracking.create(
+            ctx.engine, agent_id=body.agent_id, name=body.name, ttl=body.ttl_delta()
+        )
+    except ApiError as exc:
+        return _api_failure(exc, body.agent_id)
+    return web.json_response(render.record_json(record, now=ctx.engine.clock()), status=201)
+
+
+async def _track(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, TrackBody)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        record = await tracking.track(
+            ctx.engine, agent_id=body.agent_id, session_id=body.session_id, ttl=body.ttl_delta()
+        )
+    except ApiError as exc:
+        return _api_failure(exc, body.agent_id)
+    return web.json_response(render.record_json(record, now=ctx.engine.clock()), status=201)
+
+
+async def _parse(request: web.Request, model: type[B]) -> B | web.Response:
+    try:
+        raw = await request.json()
+    except ValueError:
+        return _fail(400, "the body must be JSON")
+    if not isinstance(raw, dict):
+        return _fail(400, "the body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in error["loc"]) or None
+        if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+            message = str(error["ctx"]["error"])
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field"
+        else:
+            message = error["msg"]
+        return _fail(400, f"{field}: {message}" if field else message, field=field)
+
+
+def _api_failure(exc: ApiError, agent_id: int) -> web.Response:
+    if isinstance(exc, NotFoundError):
+        return _fail(404, f"not found on CustomGPT (agent {agent_id}): {exc.detail}")
+    if isinstance(exc, AuthError):
+        return _fail(502, "CustomGPT refused the API token")
+    return _fail(503, f"CustomGPT did not answer: {exc.detail}")
