@@ -211,3 +211,42 @@ def test_token_in_the_config_file_is_refused_without_echoing_it(tmp_path: Path) 
     message = error_of(write(tmp_path, MINIMAL.replace("[api]", f'[api]\ntoken = "{SECRET}"')))
     assert "api.token: the token never goes in the config file" in message
     assert SECRET not in message
+
+
+def test_admin_token_from_env_or_file_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "admin").write_text("from-file\n", encoding="utf-8")
+    text = MINIMAL + '\n[admin]\ntoken_file = "admin"\n'
+    settings = load_config(write(tmp_path, text))
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == "from-file"
+    monkeypatch.setenv("RETENTION_ADMIN_TOKEN", "from-env")
+    settings = load_config(write(tmp_path, text))
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == "from-env"
+    assert settings.describe()["admin"]["token"] == "set"
+    assert "from-env" not in repr(settings) + str(settings.describe())
+
+
+def test_admin_token_in_the_file_is_refused(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[admin]\ntoken = "x"\n'))
+    assert "admin.token: the token never goes in the config file" in message
+
+
+@pytest.mark.parametrize("listen", ["8080", "localhost:", ":8080", "host:99999"])
+def test_bad_listen_address_is_explained(tmp_path: Path, listen: str) -> None:
+    message = error_of(write(tmp_path, MINIMAL + f'\n[admin]\nlisten = "{listen}"\n'))
+    assert "admin.listen: expected host:port" in message
+
+
+def test_empty_listen_turns_the_admin_surface_off(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, MINIMAL + '\n[admin]\nlisten = ""\n'))
+    assert settings.admin.listen is None
+
+
+def test_policy_change_grace_takes_zero_or_a_duration(tmp_path: Path) -> None:
+    zero = load_config(write(tmp_path, MINIMAL + '\n[safety]\npolicy_change_grace = "0"\n'))
+    assert zero.safety.policy_change_grace == timedelta(0)
+    ten = load_config(write(tmp_path, MINIMAL + '\n[safety]\npolicy_change_grace = "10m"\n'))
+    assert ten.safety.policy_change_grace == timedelta(minutes=10)

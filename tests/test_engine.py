@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -364,3 +365,44 @@ async def test_plan_lists_exactly_the_due_and_deletes_nothing(
     }
     assert busy.session_id not in {i.session_id for i in items}
     assert {s.method for s in emulator.served} == {"GET"}
+
+
+async def test_policy_change_grace_holds_back_newly_caused_deletions(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    chat = add(emulator, "Chat about refunds", 3 * H)
+    grace = timedelta(seconds=1.5)
+    await make_engine((TEST_CHATS,), policy_change_grace=grace).sweep()
+    widened = replace(TEST_CHATS, name_matches=("Test*", "Chat*"))
+    engine = make_engine((widened,), policy_change_grace=grace)
+    report = await engine.sweep()
+    assert chat.session_id in alive(emulator), "the edit made it due, but the grace holds it"
+    assert report.deleted == 0
+    items, _ = await engine.plan(discover=False)
+    assert [(i.session_id, i.grace_until is not None) for i in items] == [(chat.session_id, True)]
+    [row] = await store.status(datetime.now(UTC), overdue_after=timedelta(minutes=2))
+    assert row.grace == 1
+    await asyncio.sleep(1.6)
+    report = await engine.sweep()
+    assert chat.session_id not in alive(emulator) and report.deleted == 1
+
+
+async def test_reverting_an_edit_within_the_grace_costs_nothing(
+    emulator: Emulator, make_engine: EngineFactory
+) -> None:
+    chat = add(emulator, "Chat about refunds", 3 * H)
+    grace = timedelta(minutes=10)
+    await make_engine((TEST_CHATS,), policy_change_grace=grace).sweep()
+    widened = replace(TEST_CHATS, name_matches=("*",))
+    await make_engine((widened,), policy_change_grace=grace).sweep()
+    await make_engine((TEST_CHATS,), policy_change_grace=grace).sweep()
+    assert chat.session_id in alive(emulator)
+    assert emulator.calls("DELETE") == []
+
+
+async def test_the_first_rules_a_store_sees_get_no_grace(
+    emulator: Emulator, make_engine: EngineFactory
+) -> None:
+    old = add(emulator, "Test old", 2 * H)
+    await make_engine((TEST_CHATS,), policy_change_grace=timedelta(hours=1)).sweep()
+    assert old.session_id not in alive(emulator)

@@ -1,0 +1,42 @@
+"""Helpers to run `retention run` as a real process next to an in-test emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    environment = {**os.environ, **(env or {})}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "retention", *args, "--config", str(config),
+        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 15.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polls another process and a server log
+            await asyncio.sleep(0.05)
+
+
+async def stop(process: asyncio.subprocess.Process) -> tuple[int, str]:
+    """SIGTERM, then everything the process wrote (stdout and stderr)."""
+    if process.returncode is None:
+        process.terminate()
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, out.decode() + err.decode()

@@ -1,0 +1,118 @@
+"""`retention run` end to end: a conversation created over HTTP with a TTL, and no secret in
+any output of a whole session."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from retention.emulator import Emulator, Fault
+
+from .daemon_process import free_port, start, stop, wait_for
+
+API_TOKEN = "sk-live-API-SECRET-1234567890"
+ADMIN_TOKEN = "admin-ADMIN-SECRET-0987654321"
+CONFIG = """
+[api]
+base_url = "{url}"
+requests_per_minute = 6000
+max_attempts = 2
+[store]
+url = "sqlite+aiosqlite:///{db}"
+[schedule]
+discover_every = "2s"
+delete_every = "1s"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[[policies]]
+name = "test-chats"
+agents = [532]
+name_matches = ["Test*"]
+max_age = "1h"
+"""
+
+
+async def _run_session(emulator: Emulator, tmp_path: Path) -> tuple[str, str, dict[str, Any]]:
+    admin_port = free_port()
+    emulator.token = API_TOKEN
+    emulator.state.add_conversation(
+        532, "Test old", created_at=datetime.now(UTC) - timedelta(hours=2)
+    )
+    async with emulator.serve() as url:
+        config = tmp_path / "retention.toml"
+        config.write_text(
+            CONFIG.format(url=url, db=tmp_path / "r.db", admin_port=admin_port), encoding="utf-8"
+        )
+        env = {"CUSTOMGPT_API_TOKEN": API_TOKEN, "RETENTION_ADMIN_TOKEN": ADMIN_TOKEN}
+        process = await start(config, "run", env=env)
+        admin = f"http://127.0.0.1:{admin_port}"
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                await _until_up(http, admin)
+                body = {"agent_id": 532, "name": "Short-lived", "ttl": "2s"}
+                async with http.post(admin + "/v1/conversations", json=body, headers=auth) as r:
+                    assert r.status == 201
+                    record = await r.json()
+                assert record["session_id"] in emulator.live_sessions(532)
+                created = asyncio.get_running_loop().time()
+                # An error or two on the way: a wrong admin token, and a listing that fails.
+                async with http.post(
+                    admin + "/v1/tracked", json={}, headers={"Authorization": "Bearer x"}
+                ) as r:
+                    assert r.status == 401
+                emulator.faults.append(
+                    Fault.status(503, path="*/conversations", method="GET", times=2)
+                )
+                await wait_for(lambda: record["session_id"] not in emulator.live_sessions(532))
+                record["deleted_after"] = asyncio.get_running_loop().time() - created
+                why_url = f"{admin}/v1/conversations/532/{record['session_id']}"
+                async with http.get(why_url, headers=auth) as r:
+                    why = await r.json()
+                async with http.get(admin + "/metrics") as r:
+                    metrics = await r.text()
+        finally:
+            code, output = await stop(process)
+        assert code == 0, output[-3000:]
+        return output, metrics, {"record": record, "why": why}
+
+
+async def _until_up(http: aiohttp.ClientSession, admin: str) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                async with http.get(admin + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def test_ttl_conversation_created_over_http_is_deleted_on_time_with_rule_ttl(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    output, _metrics, seen = await _run_session(emulator, tmp_path)
+    # Due 2 s after creation; the deletion job runs every second.
+    assert seen["record"]["deleted_after"] < 2 + 1 + 1.5, seen["record"]["deleted_after"]
+    why = seen["why"]
+    assert why["state"] == "deleted" and why["rule"] == "ttl"
+    assert [(a["outcome"], a["rule"]) for a in why["audit"]] == [("deleted", "ttl")]
+    assert "deleted agent 532" in output
+
+
+async def test_no_token_appears_anywhere_in_a_whole_sessions_output(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    output, metrics, _seen = await _run_session(emulator, tmp_path)
+    assert '"level": "info"' in output, "JSON lines when not on a terminal"
+    assert "sweep" in output and "503" in output, "the session did sweep and meet errors"
+    for secret in (API_TOKEN, ADMIN_TOKEN):
+        assert secret not in output
+        assert secret not in metrics
+    db = (tmp_path / "r.db").read_bytes()
+    assert API_TOKEN.encode() not in db and ADMIN_TOKEN.encode() not in db

@@ -1,0 +1,241 @@
+"""The admin HTTP surface, in-process: health, readiness, metrics, tracking and validation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from retention.daemon import Health
+from retention.emulator import Emulator
+from retention.engine import Engine
+from retention.errors import ConfigError
+from retention.metrics import Metrics
+from retention.policy import Policy
+from retention.store import Store
+from retention.web import AdminContext, serve
+
+from .conftest import EngineFactory
+
+ADMIN = "admin-SECRET-42"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+TEST_CHATS = Policy(
+    name="test-chats", agents=frozenset({532}), name_matches=("Test*",), max_age=timedelta(hours=1)
+)
+
+
+@pytest.fixture
+def engine(make_engine: EngineFactory) -> Engine:
+    return make_engine((TEST_CHATS,))
+
+
+@pytest.fixture
+def context(engine: Engine, store: Store) -> AdminContext:
+    metrics = Metrics(stats=engine.api.stats, budget=engine.api.budget)  # type: ignore[attr-defined]
+    engine.listeners.append(metrics.observe_sweep)
+    return AdminContext(
+        engine=engine,
+        store=store,
+        metrics=metrics,
+        health=Health(started_at=datetime.now(UTC)),
+        admin_token=SecretStr(ADMIN),
+        ready_after_failing=timedelta(minutes=15),
+        overdue_after=timedelta(minutes=2),
+    )
+
+
+@pytest.fixture
+async def admin(context: AdminContext) -> AsyncIterator[str]:
+    async with serve(context, "127.0.0.1:0") as url:
+        yield url
+
+
+Call = Callable[..., Any]
+
+
+async def call(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    async with http.request(method, url, **kw) as response:
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def test_healthz_and_readyz(
+    http: aiohttp.ClientSession, admin: str, context: AdminContext
+) -> None:
+    assert await call(http, "GET", admin + "/healthz") == (200, {"status": "ok"})
+    status, body = await call(http, "GET", admin + "/readyz")
+    assert status == 200 and body["status"] == "ready"
+    assert context.health is not None
+    context.health.failing_since = datetime.now(UTC) - timedelta(minutes=5)
+    assert (await call(http, "GET", admin + "/readyz"))[0] == 200, "failing, but not for long"
+    context.health.failing_since = datetime.now(UTC) - timedelta(minutes=20)
+    status, body = await call(http, "GET", admin + "/readyz")
+    assert status == 503 and "sweeps have been failing" in body["problems"][0]
+
+
+async def test_metrics_parse_and_show_every_series(
+    http: aiohttp.ClientSession, admin: str, engine: Engine, emulator: Emulator
+) -> None:
+    now = datetime.now(UTC)
+    emulator.state.add_conversation(532, "Test old", created_at=now - timedelta(hours=2))
+    await engine.sweep()
+    status, text = await call(http, "GET", admin + "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "retention_conversations_tracked",
+        "retention_conversations_due",
+        "retention_conversations_overdue",
+        "retention_conversations_held",
+        "retention_deletions",
+        "retention_api_calls",
+        "retention_api_rate_limited",
+        "retention_sweep_duration_seconds",
+        "retention_last_successful_sweep_timestamp_seconds",
+        "retention_api_budget_remaining",
+    ):
+        assert name in families, name
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("retention_conversations_tracked", (("agent", "532"),))] == 45
+    assert (
+        samples[("retention_deletions_total", (("outcome", "deleted"), ("rule", "test-chats")))]
+        == 1
+    )
+    assert samples[("retention_api_calls_total", (("kind", "delete"), ("status", "200")))] == 1
+    assert samples[("retention_sweep_duration_seconds_count", (("kind", "once"),))] == 1
+
+
+async def test_create_with_ttl_creates_on_the_api_and_tracks(
+    http: aiohttp.ClientSession, admin: str, emulator: Emulator, store: Store
+) -> None:
+    body = {"agent_id": 532, "name": "Chat from the app", "ttl": "2h"}
+    status, record = await call(http, "POST", admin + "/v1/conversations", json=body, headers=AUTH)
+    assert status == 201
+    assert record["session_id"] in emulator.live_sessions(532)
+    assert (record["rule"], record["origin"], record["ttl_seconds"]) == ("ttl", "created", 7200)
+    due = datetime.fromisoformat(record["due_at"])
+    assert timedelta(hours=1, minutes=59) < due - datetime.now(UTC) <= timedelta(hours=2)
+    stored = await store.get(532, record["session_id"])
+    assert stored is not None and stored.ttl == timedelta(hours=2)
+
+
+async def test_track_registers_an_existing_conversation(
+    http: aiohttp.ClientSession, admin: str, emulator: Emulator
+) -> None:
+    session_id = next(iter(emulator.state.agents[532].conversations))
+    body = {"agent_id": 532, "session_id": session_id, "ttl": "30m"}
+    status, record = await call(http, "POST", admin + "/v1/tracked", json=body, headers=AUTH)
+    assert status == 201 and record["origin"] == "registered" and record["rule"] == "ttl"
+    body["session_id"] = "00000000-0000-4000-8000-000000000000"
+    status, error = await call(http, "POST", admin + "/v1/tracked", json=body, headers=AUTH)
+    assert status == 404 and "not found" in error["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"name": "x", "ttl": "2h"}, "agent_id", "agent_id: Field required"),
+        (
+            {"agent_id": "five", "name": "x"},
+            "agent_id",
+            "agent_id: Input should be a valid integer",
+        ),
+        ({"agent_id": 532, "name": "x", "ttl": "2 parsecs"}, "ttl", "ttl: invalid duration"),
+        ({"agent_id": 532, "name": "x", "ttl": "0s"}, "ttl", "ttl: duration '0s' must be greater"),
+        ({"agent_id": 532, "name": ""}, "name", "name: String should have at least 1 character"),
+        ({"agent_id": 532, "name": "x", "colour": "red"}, "colour", "colour: unknown field"),
+    ],
+)
+async def test_bad_bodies_get_400_naming_the_field_and_write_nothing(
+    http: aiohttp.ClientSession,
+    admin: str,
+    emulator: Emulator,
+    store: Store,
+    body: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    status, error = await call(http, "POST", admin + "/v1/conversations", json=body, headers=AUTH)
+    assert status == 400
+    assert error["field"] == field and error["error"].startswith(message)
+    assert emulator.calls("POST") == []
+    assert await store.conversations() == []
+
+
+async def test_non_json_body_is_400(http: aiohttp.ClientSession, admin: str) -> None:
+    status, error = await call(http, "POST", admin + "/v1/conversations", data="{", headers=AUTH)
+    assert status == 400 and error["error"] == "the body must be JSON"
+
+
+async def test_changes_need_the_admin_token(
+    http: aiohttp.ClientSession, admin: str, emulator: Emulator
+) -> None:
+    body = {"agent_id": 532, "name": "x"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN}):
+        status, _ = await call(
+            http, "POST", admin + "/v1/conversations", json=body, headers=headers
+        )
+        assert status == 401
+    assert (await call(http, "GET", admin + "/v1/plan"))[0] == 401
+    assert emulator.calls("POST") == []
+
+
+async def test_without_an_admin_token_changes_are_off(
+    http: aiohttp.ClientSession, context: AdminContext
+) -> None:
+    context.admin_token = None
+    async with serve(context, "127.0.0.1:0") as url:
+        status, error = await call(http, "POST", url + "/v1/tracked", json={"agent_id": 1})
+        assert status == 403 and "RETENTION_ADMIN_TOKEN" in error["error"]
+        assert (await call(http, "GET", url + "/v1/plan"))[0] == 200
+
+
+async def test_refuses_to_listen_beyond_loopback_without_a_token(context: AdminContext) -> None:
+    context.admin_token = None
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0:0"):
+        async with serve(context, "0.0.0.0:0"):
+            pass
+
+
+async def test_why_view_shows_facts_rule_due_time_and_audit(
+    http: aiohttp.ClientSession, admin: str, engine: Engine, emulator: Emulator
+) -> None:
+    now = datetime.now(UTC)
+    old = emulator.state.add_conversation(532, "Test old", created_at=now - timedelta(hours=2))
+    kept = emulator.state.add_conversation(532, "Kept", created_at=now - timedelta(hours=2))
+    await engine.sweep()
+    status, why = await call(
+        http, "GET", f"{admin}/v1/conversations/532/{old.session_id}", headers=AUTH
+    )
+    assert status == 200
+    assert (why["state"], why["rule"], why["name"]) == ("deleted", "test-chats", "Test old")
+    assert [a["outcome"] for a in why["audit"]] == ["deleted"]
+    status, why = await call(
+        http, "GET", f"{admin}/v1/conversations/532/{kept.session_id}", headers=AUTH
+    )
+    assert why["rule"] is None and why["reason"] == "no policy matches: kept" and why["audit"] == []
+    status, _ = await call(http, "GET", f"{admin}/v1/conversations/532/nope", headers=AUTH)
+    assert status == 404
+
+
+async def test_plan_endpoint_reads_the_store_without_api_calls(
+    http: aiohttp.ClientSession, admin: str, engine: Engine, emulator: Emulator
+) -> None:
+    now = datetime.now(UTC)
+    due = emulator.state.add_conversation(532, "Test due", created_at=now - timedelta(hours=2))
+    await engine.plan()  # discovery, so the store knows it
+    served = len(emulator.served)
+    status, plan = await call(http, "GET", admin + "/v1/plan", headers=AUTH)
+    assert status == 200
+    assert [item["session_id"] for item in plan["due"]] == [due.session_id]
+    assert len(emulator.served) == served
