@@ -34,6 +34,7 @@ from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
 from retention.metrics import CONTENT_TYPE, Metrics
 from retention.migrate import head_revision
+from retention.models import TrackedConversation
 from retention.store import Store
 from retention.timefmt import parse_duration
 
@@ -245,26 +246,35 @@ async def _why(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
 
 
 async def _create(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, CreateBody)
-    if isinstance(body, web.Response):
-        return body
-    try:
-        record = await tracking.create(
+    async def act(body: CreateBody) -> TrackedConversation:
+        return await tracking.create(
             ctx.engine, agent_id=body.agent_id, name=body.name, ttl=body.ttl_delta()
         )
-    except ApiError as exc:
-        return _api_failure(exc, body.agent_id)
-    return web.json_response(render.record_json(record, now=ctx.engine.clock()), status=201)
+
+    return await _record_change(ctx, request, CreateBody, act)
 
 
 async def _track(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
-    body = await _parse(request, TrackBody)
+    async def act(body: TrackBody) -> TrackedConversation:
+        return await tracking.track(
+            ctx.engine, agent_id=body.agent_id, session_id=body.session_id, ttl=body.ttl_delta()
+        )
+
+    return await _record_change(ctx, request, TrackBody, act)
+
+
+async def _record_change(
+    ctx: AdminContext,
+    request: web.Request,
+    model: type[B],
+    act: Callable[[B], Awaitable[TrackedConversation]],
+) -> web.StreamResponse:
+    """Validate the body (nothing is written when it is bad), act, answer 201 with the record."""
+    body = await _parse(request, model)
     if isinstance(body, web.Response):
         return body
     try:
-        record = await tracking.track(
-            ctx.engine, agent_id=body.agent_id, session_id=body.session_id, ttl=body.ttl_delta()
-        )
+        record = await act(body)
     except ApiError as exc:
         return _api_failure(exc, body.agent_id)
     return web.json_response(render.record_json(record, now=ctx.engine.clock()), status=201)

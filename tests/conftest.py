@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,21 @@ def small_state(*, agent_id: int = 532, conversations: int = 45) -> EmulatorStat
             created_by=None if n % 2 else 17,
         )
     return state
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test depends on the RETENTION_* or token variables of whoever runs it."""
+    for key in list(os.environ):
+        if key.startswith("RETENTION_") or key == "CUSTOMGPT_API_TOKEN":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def api_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The emulator's token in CUSTOMGPT_API_TOKEN, for commands run in this process."""
+    monkeypatch.setenv("CUSTOMGPT_API_TOKEN", DEFAULT_TOKEN)
+    return DEFAULT_TOKEN
 
 
 @pytest.fixture

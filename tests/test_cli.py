@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -19,13 +18,6 @@ from retention.cli import main
 from .conftest import REPO
 
 EXAMPLE = str(REPO / "config.example.toml")
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RETENTION_") or key == "CUSTOMGPT_API_TOKEN":
-            monkeypatch.delenv(key)
 
 
 def test_check_accepts_the_example_and_warns_about_the_missing_token(

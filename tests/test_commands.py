@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,11 +59,8 @@ name_matches = ["LEGAL*"]
 
 
 @pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RETENTION_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("CUSTOMGPT_API_TOKEN", "emulator-token")
+def _token(api_token: str) -> None:
+    """Commands here run in this process and read the token from the environment."""
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,13 +25,6 @@ agents = [532]
 name_matches = ["Test*"]
 max_age = "1h"
 """
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RETENTION_") or key == TOKEN_ENV:
-            monkeypatch.delenv(key)
 
 
 def write(tmp_path: Path, text: str, name: str = "retention.toml") -> Path:
