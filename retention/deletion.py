@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from retention.errors import ApiError, AuthError
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from retention.engine import Engine
 
 logger = logging.getLogger(__name__)
+MAX_RETRY_DELAY = timedelta(hours=1)
 
 
 async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | None = None) -> None:
@@ -122,6 +123,8 @@ async def _delete_one(
         return
     if current.grace_until is not None and current.grace_until > now:
         return  # a policy change made it due: it waits out the grace
+    if current.retry_at is not None and current.retry_at > now:
+        return  # a DELETE failed lately: the next attempt waits
     if engine.options.dry_run or engine.policy_dry_run(current.rule):
         if current.dry_run_noted_at is not None:
             return  # said once already
@@ -144,8 +147,14 @@ async def _send_delete(
     try:
         outcome = await engine.api.delete_conversation(current.agent_id, current.session_id)
     except ApiError as exc:
+        retry_at = now + retry_delay(engine.options.retry_backoff, current.attempts + 1)
         await store.set_state(
-            current.agent_id, current.session_id, State.ACTIVE, now=now, error=str(exc)
+            current.agent_id,
+            current.session_id,
+            State.ACTIVE,
+            now=now,
+            error=str(exc),
+            retry_at=retry_at,
         )
         await _audit(engine, report, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
         report.failed += 1
@@ -188,6 +197,12 @@ async def _audit(
         detail=detail or conversation.reason,
     )
     await engine.store.add_audit(record, sweep_id=sweep_id)
+
+
+def retry_delay(base: timedelta, attempts: int) -> timedelta:
+    """base, 2 x base, 4 x base ... after each failed attempt, never more than an hour."""
+    delay: timedelta = base * (2 ** max(0, attempts - 1))
+    return min(delay, MAX_RETRY_DELAY)
 
 
 def _label(conversation: TrackedConversation) -> str:

@@ -81,7 +81,7 @@ class Repository(Protocol):
         *,
         limit: int,
         skip_dry_run_noted: bool = False,
-        include_grace: bool = False,
+        include_waiting: bool = False,
     ) -> list[TrackedConversation]: ...
     async def set_state(
         self,
@@ -92,6 +92,7 @@ class Repository(Protocol):
         now: datetime,
         error: str | None = None,
         count_attempt: bool = False,
+        retry_at: datetime | None = None,
     ) -> None: ...
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None: ...
     async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None: ...
@@ -127,6 +128,9 @@ class EngineOptions:
     delete_batch: int = 500  # at most this many deletions per sweep; the rest wait their turn
     activity_fresh: timedelta = timedelta(minutes=1)  # a newest-message time this recent is used
     policy_change_grace: timedelta = timedelta(0)  # deletions a rules change newly causes wait
+    # After a failed DELETE, wait this long before the next, doubling per attempt up to an hour:
+    # a conversation the API keeps refusing must not eat the request budget every minute.
+    retry_backoff: timedelta = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class PlanItem:
     dry_run: bool
     state: State
     grace_until: datetime | None = None  # waiting out a policy change's grace until then
+    retry_at: datetime | None = None  # a DELETE failed; the next attempt waits until then
     unconfirmed: bool = False  # a last-activity rule whose newest message was not read
 
 
@@ -323,7 +328,7 @@ class Engine:
             if discover:
                 await discover_all(self, report)
             now = self.clock()
-            candidates = await self.store.due(now, limit=1_000_000, include_grace=True)
+            candidates = await self.store.due(now, limit=1_000_000, include_waiting=True)
             confirmed = []
             for candidate in candidates:
                 current = self.evaluate(candidate, now)
@@ -357,6 +362,7 @@ class Engine:
             dry_run=self.options.dry_run or self.policy_dry_run(current.rule),
             state=current.state,
             grace_until=waiting,
+            retry_at=current.retry_at if current.retry_at and current.retry_at > now else None,
             unconfirmed=current.provisional and not confirm,
         )
 

@@ -194,6 +194,7 @@ class TrackedConversation:
     dry_run_noted_at: datetime | None = None
     # A policy change made this conversation due (sooner): it waits until then before deletion.
     grace_until: datetime | None = None
+    retry_at: datetime | None = None  # a DELETE failed: the next attempt waits until then
     first_seen: datetime | None = None
     finished_at: datetime | None = None
 

@@ -36,6 +36,7 @@ def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) 
                 "dry_run": item.dry_run,
                 "state": item.state.value,
                 "grace_until": item.grace_until.isoformat() if item.grace_until else None,
+                "retry_at": item.retry_at.isoformat() if item.retry_at else None,
                 "unconfirmed": item.unconfirmed,
             }
             for item in items
@@ -65,7 +66,9 @@ def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None
         if item.dry_run:
             notes.append("dry-run")
         if item.state.value == "deleting":
-            notes.append("retry")
+            notes.append("left mid-delete: retried next")
+        if item.retry_at is not None:
+            notes.append(f"a DELETE failed; next attempt {stamp(item.retry_at)}")
         note = ", ".join(notes)
         table.add_row(
             str(item.agent_id),
@@ -118,6 +121,7 @@ def record_json(record: TrackedConversation, *, now: datetime) -> dict[str, Any]
         "due_at": _iso(record.due_at),
         "due": record.due_at is not None and record.due_at <= now,
         "grace_until": _iso(record.grace_until),
+        "retry_at": _iso(record.retry_at),
         "reason": record.reason,
         "attempts": record.attempts,
         "last_error": record.last_error,

@@ -93,6 +93,7 @@ conversations = Table(
     Column("last_error", Text, nullable=True),
     Column("dry_run_noted_at", UTCDateTime, nullable=True),
     Column("grace_until", UTCDateTime, nullable=True),
+    Column("retry_at", UTCDateTime, nullable=True),
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
@@ -174,6 +175,7 @@ def conversation_row(c: TrackedConversation) -> dict[str, Any]:
         "last_error": c.last_error,
         "dry_run_noted_at": c.dry_run_noted_at,
         "grace_until": c.grace_until,
+        "retry_at": c.retry_at,
         "finished_at": c.finished_at,
     }
 
@@ -202,6 +204,7 @@ def conversation_from_row(m: Any) -> TrackedConversation:
         last_error=m["last_error"],
         dry_run_noted_at=m["dry_run_noted_at"],
         grace_until=m["grace_until"],
+        retry_at=m["retry_at"],
         first_seen=m["first_seen"],
         finished_at=m["finished_at"],
     )

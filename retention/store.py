@@ -268,12 +268,13 @@ class Store:
         *,
         limit: int,
         skip_dry_run_noted: bool = False,
-        include_grace: bool = False,
+        include_waiting: bool = False,
     ) -> list[TrackedConversation]:
         """Conversations left mid-delete first, then the due set, oldest due first.
 
         Both parts read ``ix_conversations_state_due``: the cost follows the number due.
-        Those still waiting out a policy change's grace are left out unless asked for.
+        Those waiting (out a policy change's grace, or to retry a failed DELETE) are left out
+        unless asked for.
         """
         unfinished = select(conversations).where(conversations.c.state == State.DELETING.value)
         due = select(conversations).where(
@@ -282,9 +283,9 @@ class Store:
         )
         if skip_dry_run_noted:
             due = due.where(conversations.c.dry_run_noted_at.is_(None))
-        if not include_grace:
-            grace = conversations.c.grace_until
-            due = due.where(or_(grace.is_(None), grace <= now))
+        if not include_waiting:
+            for until in (conversations.c.grace_until, conversations.c.retry_at):
+                due = due.where(or_(until.is_(None), until <= now))
         async with self.engine.connect() as conn:
             first = (await conn.execute(unfinished.limit(limit))).all()
             rest = (
@@ -305,8 +306,9 @@ class Store:
         now: datetime,
         error: str | None = None,
         count_attempt: bool = False,
+        retry_at: datetime | None = None,
     ) -> None:
-        values: dict[str, Any] = {"state": state.value, "last_error": error}
+        values: dict[str, Any] = {"state": state.value, "last_error": error, "retry_at": retry_at}
         if state in (State.DELETED, State.GONE):
             values["finished_at"] = now
         if count_attempt:

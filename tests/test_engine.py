@@ -306,7 +306,7 @@ async def test_failed_delete_is_counted_audited_and_retried_later(
 ) -> None:
     old = add(emulator, "Test flaky", 2 * H)
     emulator.faults.append(Fault.status(503, method="DELETE", times=3))
-    engine = make_engine((TEST_CHATS,))
+    engine = make_engine((TEST_CHATS,), retry_backoff=timedelta(0))
     report = await engine.sweep()
     assert report.failed == 1 and old.session_id in alive(emulator)
     stored = await store.get(532, old.session_id)
@@ -406,3 +406,33 @@ async def test_the_first_rules_a_store_sees_get_no_grace(
     old = add(emulator, "Test old", 2 * H)
     await make_engine((TEST_CHATS,), policy_change_grace=timedelta(hours=1)).sweep()
     assert old.session_id not in alive(emulator)
+
+
+async def test_a_refused_delete_backs_off_instead_of_spending_the_budget(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    old = add(emulator, "Test refused", 2 * H)
+    emulator.faults.append(Fault.status(503, method="DELETE", times=-1))
+    engine = make_engine((TEST_CHATS,), retry_backoff=timedelta(seconds=0.5))
+    await engine.sweep()
+    first = len(emulator.calls("DELETE"))
+    assert first == 3, "one DELETE call, retried by the client within max_attempts"
+    stored = await store.get(532, old.session_id)
+    assert stored is not None and stored.retry_at is not None and stored.attempts == 1
+    await engine.sweep()
+    assert len(emulator.calls("DELETE")) == first, "no new attempt before retry_at"
+    items, _ = await engine.plan(discover=False)
+    assert [i.retry_at is not None for i in items] == [True]
+    await asyncio.sleep(0.6)
+    emulator.faults.clear()
+    report = await engine.sweep()
+    assert report.deleted == 1 and old.session_id not in alive(emulator)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "seconds"), [(1, 60), (2, 120), (3, 240), (6, 1920), (7, 3600), (30, 3600)]
+)
+def test_retry_delay_doubles_up_to_an_hour(attempts: int, seconds: int) -> None:
+    from retention.deletion import retry_delay
+
+    assert retry_delay(timedelta(minutes=1), attempts) == timedelta(seconds=seconds)
