@@ -74,6 +74,7 @@ class Repository(Protocol):
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None: ...
     async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
     async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
+    async def save_decisions(self, items: Sequence[TrackedConversation]) -> None: ...
     async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None: ...
     async def due(
         self,
@@ -253,7 +254,8 @@ class Engine:
             return 0
         now = self.clock()
         grace_until = now + self.options.policy_change_grace
-        live = await self.store.conversations(states=(State.ACTIVE, State.HELD, State.DELETING))
+        # A conversation mid-delete is decided again by the deletion itself, just before it acts.
+        live = await self.store.conversations(states=(State.ACTIVE, State.HELD))
         changed = []
         waiting = 0
         for before in live:
@@ -270,7 +272,7 @@ class Engine:
                 after = replace(after, grace_until=None)
             if after != before:
                 changed.append(after)
-        await self.store.update(changed, now=now)
+        await self.store.save_decisions(changed)
         await self.store.set_meta(RULES_KEY, fingerprint)
         if changed:
             logger.info("rules changed: re-evaluated %d conversations", len(changed))

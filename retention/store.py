@@ -246,6 +246,37 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(statement, rows)
 
+    async def save_decisions(self, items: Sequence[TrackedConversation]) -> None:
+        """Write new decisions of active or held conversations, and nothing else.
+
+        The guard on the state leaves alone a row that a deletion moved on meanwhile.
+        """
+        if not items:
+            return
+        columns = ("due_at", "rule", "reason", "provisional", "state", "grace_until")
+        rows = []
+        for c in items:
+            row = {name: value for name, value in conversation_row(c).items() if name in columns}
+            row.update(noted=c.dry_run_noted_at, k_agent=c.agent_id, k_session=c.session_id)
+            rows.append(row)
+        statement = (
+            update(conversations)
+            .where(
+                conversations.c.agent_id == bindparam("k_agent"),
+                conversations.c.session_id == bindparam("k_session"),
+                or_(  # not IN: executemany cannot expand a list
+                    conversations.c.state == State.ACTIVE.value,
+                    conversations.c.state == State.HELD.value,
+                ),
+            )
+            .values(
+                {name: bindparam(name) for name in columns}
+                | {"dry_run_noted_at": bindparam("noted")}
+            )
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement, rows)
+
     async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None:
         """Note that these conversations were seen listed again, unchanged."""
         keys = list(session_ids)

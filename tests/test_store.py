@@ -183,3 +183,14 @@ async def test_bad_url_is_a_store_error() -> None:
         await Store.open("not a url")
     with pytest.raises(StoreError, match="cannot use store URL"):
         await Store.open("nosuchdb+driver://x/y")
+
+
+async def test_saving_decisions_leaves_rows_a_deletion_moved_on(store: Store) -> None:
+    await store.insert([tracked(1), tracked(2)], now=NOW)
+    snapshot = {c.session_id: c for c in await store.conversations()}
+    await store.set_state(532, "s-2", State.DELETED, now=NOW)  # a deletion, meanwhile
+    decided = [replace(c, rule="new", due_at=NOW, reason="re-evaluated") for c in snapshot.values()]
+    await store.save_decisions(decided)
+    first, second = await store.get(532, "s-1"), await store.get(532, "s-2")
+    assert first is not None and (first.rule, first.state) == ("new", State.ACTIVE)
+    assert second is not None and (second.rule, second.state) == (None, State.DELETED)
