@@ -95,6 +95,12 @@ async def _delete_one(
     report: SweepReport,
     sweep_id: int | None,
 ) -> None:
+    # The due set was read before this agent's gate was ours: a walk may have renamed the
+    # conversation or found it gone since. Decide on what the store holds now.
+    stored = await engine.store.get(candidate.agent_id, candidate.session_id)
+    if stored is None or stored.state not in (State.ACTIVE, State.DELETING):
+        return
+    candidate = stored
     now = engine.clock()
     current = engine.evaluate(candidate, now)
     if current.state is State.DELETING and current.due_at is None:

@@ -436,3 +436,26 @@ def test_retry_delay_doubles_up_to_an_hour(attempts: int, seconds: int) -> None:
     from retention.deletion import retry_delay
 
     assert retry_delay(timedelta(minutes=1), attempts) == timedelta(seconds=seconds)
+
+
+async def test_a_rename_seen_while_deletion_waited_for_the_walk_is_respected(
+    emulator: Emulator, make_engine: EngineFactory
+) -> None:
+    from retention.deletion import delete_due
+    from retention.discovery import discover_agent
+    from retention.models import SweepReport
+
+    chat = add(emulator, "Test soon renamed", 2 * H)
+    await make_engine((TEST_CHATS,), dry_run=True).sweep()  # tracked and due; nothing deleted
+    engine = make_engine((TEST_CHATS,))
+    report = SweepReport(kind="test", started_at=datetime.now(UTC))
+    async with engine.gate(532).walk():
+        # The deletion reads the due set, then waits for the walk to release the agent.
+        deleting = asyncio.create_task(delete_due(engine, report))
+        await asyncio.sleep(0.2)
+        assert report.due == 1 and not deleting.done()
+        chat.name = "Customer (renamed)"
+        await discover_agent(engine, 532, report, full=True)
+    await deleting
+    assert chat.session_id in alive(emulator), "decided on the renamed facts, not the stale ones"
+    assert emulator.calls("DELETE") == []
