@@ -230,6 +230,7 @@ async def status(settings: Settings) -> int:
                 period = agent.platform_retention_period
                 platform[row.agent_id] = f"{period} ({days}d)" if period == "custom" else period
         render.status_table(rows, platform, now=now, out=sys.stdout)
+        render.sweeps_lines(await store.last_sweeps(5), out=sys.stdout)
     finally:
         await store.close()
     return 0

@@ -103,6 +103,23 @@ def status_table(
     console.print(table)
 
 
+def sweeps_lines(sweeps: Sequence[dict[str, Any]], *, out: TextIO) -> None:
+    """The last sweeps, newest first, one line each."""
+    if not sweeps:
+        print("no sweep yet", file=out)
+        return
+    print("last sweeps:", file=out)
+    for sweep in sweeps:
+        result = {True: "ok", False: "FAILED", None: "running"}[sweep["ok"]]
+        line = (
+            f"  {stamp(sweep['started_at'])} {sweep['kind']:<8} {result:<7} "
+            f"deleted={sweep['deleted']} failed={sweep['failed']} api_calls={sweep['api_calls']}"
+        )
+        if sweep["error"]:
+            line += f" error={sweep['error']}"
+        print(line, file=out)
+
+
 def record_json(record: TrackedConversation, *, now: datetime) -> dict[str, Any]:
     """A tracked conversation, its decision and the reason (the admin API's "why" view)."""
     return {

@@ -184,3 +184,4 @@ async def test_status_and_db_upgrade_need_no_token(
     row = next(line for line in out.splitlines() if "532" in line)
     # agent 532: 5 listed, 2 deleted -> 3 tracked, of which 1 held; 2 deleted in 24h; 0 in grace
     assert row.replace("│", " ").split()[:7] == ["532", "3", "0", "0", "1", "2", "0"]
+    assert "last sweeps:" in out and " once     ok      deleted=3 failed=0" in out
