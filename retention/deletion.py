@@ -39,9 +39,7 @@ async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | Non
     """Delete what is due, at most ``delete_batch`` per sweep, ``delete_concurrency`` at once."""
     options = engine.options
     now = engine.clock()
-    candidates = await engine.store.due(
-        now, limit=options.delete_batch, skip_dry_run_noted=options.dry_run
-    )
+    candidates = await engine.store.due(now, limit=options.delete_batch, skip_dry_run_noted=True)
     report.due = len(candidates)
     queue = iter(candidates)  # shared by the workers: oldest due first, whoever is free
     done = 0

@@ -260,7 +260,11 @@ class Engine:
         waiting = 0
         for before in live:
             after = self.evaluate(before, now)
-            if (after.rule, after.due_at) != (before.rule, before.due_at):
+            # A dry-run note stands while the same decision stays dry-run; otherwise it goes,
+            # so that the conversation is deleted (or noted afresh) by the next sweep.
+            still_dry = self.options.dry_run or self.policy_dry_run(after.rule)
+            decided_again = (after.rule, after.due_at) != (before.rule, before.due_at)
+            if decided_again or not still_dry:
                 after = replace(after, dry_run_noted_at=None)
             sooner = after.due_at is not None and (
                 before.due_at is None or after.due_at < before.due_at

@@ -448,6 +448,7 @@ async def test_a_rename_seen_while_deletion_waited_for_the_walk_is_respected(
     chat = add(emulator, "Test soon renamed", 2 * H)
     await make_engine((TEST_CHATS,), dry_run=True).sweep()  # tracked and due; nothing deleted
     engine = make_engine((TEST_CHATS,))
+    await engine.apply_rules()  # leaving dry-run, as a sweep would first
     report = SweepReport(kind="test", started_at=datetime.now(UTC))
     async with engine.gate(532).walk():
         # The deletion reads the due set, then waits for the walk to release the agent.
@@ -459,3 +460,29 @@ async def test_a_rename_seen_while_deletion_waited_for_the_walk_is_respected(
     await deleting
     assert chat.session_id in alive(emulator), "decided on the renamed facts, not the stale ones"
     assert emulator.calls("DELETE") == []
+
+
+async def test_noted_dry_run_conversations_do_not_crowd_out_real_deletions(
+    emulator: Emulator, make_engine: EngineFactory
+) -> None:
+    for n in range(4):
+        add(emulator, f"Test quiet {n}", 5 * H)
+    real = add(emulator, "Ticket real", 2 * H)
+    quiet = replace(TEST_CHATS, dry_run=True)
+    tickets = Policy(name="tickets", agents=frozenset({532}), name_matches=("Ticket*",), max_age=H)
+    await make_engine((quiet,)).sweep()  # notes the four, deletes nothing
+    report = await make_engine((quiet, tickets), delete_batch=2).sweep()
+    assert real.session_id not in alive(emulator), "the noted four are not selected again"
+    assert report.deleted == 1
+
+
+async def test_turning_a_policys_dry_run_off_deletes_what_it_noted(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    old = add(emulator, "Test old", 2 * H)
+    await make_engine((replace(TEST_CHATS, dry_run=True),)).sweep()
+    assert old.session_id in alive(emulator)
+    await make_engine((TEST_CHATS,)).sweep()
+    assert old.session_id not in alive(emulator)
+    outcomes = [a.outcome for a in await store.audit_trail(532, old.session_id)]
+    assert outcomes == [AuditOutcome.DRY_RUN, AuditOutcome.DELETED]
