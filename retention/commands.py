@@ -222,14 +222,8 @@ async def status(settings: Settings) -> int:
     try:
         now = datetime.now(UTC)
         rows = await store.status(now, overdue_after=overdue_after(settings.schedule.delete_every))
-        platform = {}
-        for row in rows:
-            agent = await store.agent(row.agent_id)
-            if agent and agent.platform_retention_period:
-                days = agent.platform_retention_days
-                period = agent.platform_retention_period
-                platform[row.agent_id] = f"{period} ({days}d)" if period == "custom" else period
-        render.status_table(rows, platform, now=now, out=sys.stdout)
+        agents = {row.agent_id: await store.agent(row.agent_id) for row in rows}
+        render.status_table(rows, agents, now=now, out=sys.stdout)
         render.sweeps_lines(await store.last_sweeps(5), out=sys.stdout)
     finally:
         await store.close()

@@ -33,28 +33,40 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-async def agents_to_cover(engine: Engine) -> list[int]:
-    """Agents named by policies (or all of the account's), plus those we track on request."""
+async def agents_to_cover(engine: Engine) -> dict[int, str | None]:
+    """Agents named by policies (or all of the account's, with their names), plus those we
+    track on request."""
     scope = engine.rules.agents_in_scope()
-    ids = set(scope) if scope is not None else {a.id for a in await engine.api.list_agents()}
-    ids.update(await engine.store.requested_agents())
-    return sorted(ids)
+    if scope is None:
+        agents: dict[int, str | None] = {a.id: a.name for a in await engine.api.list_agents()}
+    else:
+        agents = dict.fromkeys(scope)
+    for agent_id in await engine.store.requested_agents():
+        agents.setdefault(agent_id, None)
+    return dict(sorted(agents.items()))
 
 
 async def discover_all(engine: Engine, report: SweepReport, *, full: bool = False) -> None:
-    for agent_id in await agents_to_cover(engine):
+    for agent_id, name in (await agents_to_cover(engine)).items():
         if engine.stopping.is_set():
             break
         async with engine.gate(agent_id).walk():
-            await discover_agent(engine, agent_id, report, full=full)
+            await discover_agent(engine, agent_id, report, full=full, name=name)
         report.agents += 1
 
 
 async def discover_agent(
-    engine: Engine, agent_id: int, report: SweepReport, *, full: bool = False
+    engine: Engine,
+    agent_id: int,
+    report: SweepReport,
+    *,
+    full: bool = False,
+    name: str | None = None,
 ) -> None:
     started = engine.clock()
     record = await engine.store.agent(agent_id) or AgentRecord(id=agent_id, name="")
+    if name:
+        record = replace(record, name=name)
     reconcile = full or _reconcile_due(record, started, engine)
     listing = await engine.api.list_conversations(
         agent_id, newer_than=None if reconcile else record.sync_cursor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from retention.engine import PlanItem
-from retention.models import AuditRecord, SweepReport, TrackedConversation
+from retention.models import AgentRecord, AuditRecord, SweepReport, TrackedConversation
 from retention.store import AgentStatus
 from retention.timefmt import format_duration
 
@@ -84,7 +84,7 @@ def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None
 
 def status_table(
     rows: Sequence[AgentStatus],
-    platform: dict[int, str],
+    agents: Mapping[int, AgentRecord | None],
     *,
     now: datetime,
     out: TextIO,
@@ -98,9 +98,20 @@ def status_table(
     for row in rows:
         figures = [row.tracked, row.due, row.overdue, row.held, row.deleted_24h, row.grace]
         totals = [a + b for a, b in zip(totals, figures, strict=True)]
-        table.add_row(str(row.agent_id), *map(str, figures), platform.get(row.agent_id, "-"))
+        agent = agents.get(row.agent_id)
+        label = f"{row.agent_id} {agent.name}".strip() if agent else str(row.agent_id)
+        table.add_row(label, *map(str, figures), _platform(agent))
     table.add_row("all", *map(str, totals), "", end_section=True)
     console.print(table)
+
+
+def _platform(agent: AgentRecord | None) -> str:
+    """The platform's own retention, as its settings say (read at each reconcile)."""
+    if agent is None or agent.platform_retention_period is None:
+        return "-"
+    if agent.platform_retention_period == "custom":
+        return f"custom ({agent.platform_retention_days}d)"
+    return agent.platform_retention_period
 
 
 def sweeps_lines(sweeps: Sequence[dict[str, Any]], *, out: TextIO) -> None:

@@ -181,7 +181,8 @@ async def test_status_and_db_upgrade_need_no_token(
     assert "nothing to do" in capsys.readouterr().out
     assert await cli("status", "--config", config) == 0
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if "532" in line)
+    row = next(line for line in out.splitlines() if "532 Agent 532" in line)
     # agent 532: 5 listed, 2 deleted -> 3 tracked, of which 1 held; 2 deleted in 24h; 0 in grace
-    assert row.replace("│", " ").split()[:7] == ["532", "3", "0", "0", "1", "2", "0"]
+    cells = [cell.strip() for cell in row.split("│") if cell.strip()]
+    assert cells == ["532 Agent 532", "3", "0", "0", "1", "2", "0", "year"]
     assert "last sweeps:" in out and " once     ok      deleted=3 failed=0" in out

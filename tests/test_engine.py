@@ -486,3 +486,13 @@ async def test_turning_a_policys_dry_run_off_deletes_what_it_noted(
     assert old.session_id not in alive(emulator)
     outcomes = [a.outcome for a in await store.audit_trail(532, old.session_id)]
     assert outcomes == [AuditOutcome.DRY_RUN, AuditOutcome.DELETED]
+
+
+async def test_agents_found_through_a_wildcard_policy_keep_their_names(
+    make_engine: EngineFactory, store: Store
+) -> None:
+    everywhere = Policy(name="all-tests", agents=None, name_matches=("Test*",), max_age=H)
+    report = await make_engine((everywhere,)).sweep()
+    assert report.api_calls["list_agents"] == 1
+    agent = await store.agent(532)
+    assert agent is not None and agent.name == "Support bot"
