@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,18 @@ def make_client(http: aiohttp.ClientSession, api_url: str) -> ClientFactory:
 @pytest.fixture
 def client(make_client: ClientFactory) -> CustomGPTClient:
     return make_client()
+
+
+@asynccontextmanager
+async def served_config(
+    emulator: Emulator, tmp_path: Path, template: str, **fields: object
+) -> AsyncIterator[Path]:
+    """Serve the emulator and write a config from ``template`` ({url}, {db} and ``fields``)."""
+    async with emulator.serve() as url:
+        path = tmp_path / "retention.toml"
+        text = template.format(url=url, db=tmp_path / "r.db", **fields)
+        path.write_text(text, encoding="utf-8")
+        yield path
 
 
 @pytest.fixture

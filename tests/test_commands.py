@@ -15,6 +15,8 @@ from retention.emulator import Emulator
 from retention.emulator_seed import EmulatorState
 from retention.migrate import head_revision
 
+from .conftest import served_config
+
 H = timedelta(hours=1)
 D = timedelta(days=1)
 # (agent, name, age, created_by): what the emulator holds before the first command.
@@ -76,9 +78,7 @@ def seeded() -> Emulator:
 
 @pytest.fixture
 async def config(seeded: Emulator, tmp_path: Path) -> AsyncIterator[str]:
-    async with seeded.serve() as url:
-        path = tmp_path / "retention.toml"
-        path.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
+    async with served_config(seeded, tmp_path, CONFIG) as path:
         yield str(path)
 
 

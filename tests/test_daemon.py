@@ -18,7 +18,7 @@ from retention.models import State
 from retention.policy import Policy
 from retention.store import Store
 
-from .conftest import EngineFactory
+from .conftest import EngineFactory, served_config
 
 H = timedelta(hours=1)
 FAST = Cadence(timedelta(seconds=0.2))
@@ -97,9 +97,7 @@ max_age = "1h"
 
 @pytest.fixture
 async def served(emulator: Emulator, tmp_path: Path) -> AsyncIterator[tuple[Emulator, Path]]:
-    async with emulator.serve() as url:
-        config = tmp_path / "retention.toml"
-        config.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
+    async with served_config(emulator, tmp_path, CONFIG) as config:
         yield emulator, config
 
 

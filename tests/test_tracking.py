@@ -16,6 +16,8 @@ from retention.emulator import Emulator
 from retention.models import Origin, State
 from retention.store import Store
 
+from .conftest import served_config
+
 CONFIG = """
 [api]
 base_url = "{url}"
@@ -41,9 +43,7 @@ def _token(api_token: str) -> None:
 
 @pytest.fixture
 async def config(emulator: Emulator, tmp_path: Path) -> AsyncIterator[Path]:
-    async with emulator.serve() as url:
-        path = tmp_path / "retention.toml"
-        path.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
+    async with served_config(emulator, tmp_path, CONFIG) as path:
         yield path
 
 
