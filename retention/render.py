@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from retention.engine import PlanItem
+from retention.journal import AgentStatus
 from retention.models import AgentRecord, AuditRecord, SweepReport, TrackedConversation
-from retention.store import AgentStatus
 from retention.timefmt import format_duration
 
 

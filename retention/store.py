@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    and_,
     bindparam,
-    case,
     event,
-    func,
     insert,
     or_,
     select,
@@ -33,42 +28,25 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from retention.errors import StoreError
+from retention.journal import Journal
 from retention.migrate import current_revision, upgrade_to_head
 from retention.models import (
     AgentRecord,
-    AuditRecord,
     Origin,
     State,
-    SweepReport,
     TrackedConversation,
 )
 from retention.schema import (
     agent_from_row,
     agents,
-    audit,
-    audit_from_row,
     conversation_from_row,
     conversation_row,
     conversations,
     meta,
-    sweeps,
 )
 
 logger = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStatus:
-    """``retention status`` figures for one agent."""
-
-    agent_id: int
-    tracked: int
-    due: int
-    overdue: int
-    held: int
-    deleted_24h: int
-    grace: int = 0  # due, but waiting out a policy change's grace
 
 
 def _make_parent(database: str) -> None:
@@ -80,8 +58,8 @@ def _make_parent(database: str) -> None:
 
 def _translated(cls: type[Store]) -> type[Store]:
     """SQLAlchemy's exceptions stop here: every public coroutine raises StoreError instead."""
-    for name, method in list(vars(cls).items()):
-        if name.startswith("_") or not inspect.iscoroutinefunction(method):
+    for name, method in inspect.getmembers(cls, inspect.iscoroutinefunction):
+        if name.startswith("_"):
             continue
 
         @functools.wraps(method)
@@ -97,8 +75,11 @@ def _translated(cls: type[Store]) -> type[Store]:
 
 
 @_translated
-class Store:
-    """All reads and writes of the local database. Build it with :meth:`open`."""
+class Store(Journal):
+    """All reads and writes of the local database. Build it with :meth:`open`.
+
+    The audit trail, the sweep records and the figures come from :class:`Journal`.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -361,73 +342,6 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(statement)
 
-    # ---- audit -------------------------------------------------------------------------------
-
-    async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(audit).values(
-                    at=record.at,
-                    agent_id=record.agent_id,
-                    session_id=record.session_id,
-                    name=record.name,
-                    rule=record.rule,
-                    age_seconds=record.age.total_seconds(),
-                    outcome=record.outcome.value,
-                    detail=record.detail,
-                    sweep_id=sweep_id,
-                )
-            )
-
-    async def audit_trail(
-        self, agent_id: int | None = None, session_id: str | None = None
-    ) -> list[AuditRecord]:
-        query = select(audit)
-        if agent_id is not None:
-            query = query.where(audit.c.agent_id == agent_id)
-        if session_id is not None:
-            query = query.where(audit.c.session_id == session_id)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(audit.c.id))).all()
-        return [audit_from_row(r._mapping) for r in rows]
-
-    # ---- sweeps ------------------------------------------------------------------------------
-
-    async def start_sweep(self, report: SweepReport) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                insert(sweeps).values(
-                    kind=report.kind, dry_run=report.dry_run, started_at=report.started_at
-                )
-            )
-        key = result.inserted_primary_key
-        return int(key[0]) if key else 0
-
-    async def finish_sweep(self, sweep_id: int, report: SweepReport) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(sweeps)
-                .where(sweeps.c.id == sweep_id)
-                .values(
-                    finished_at=report.finished_at,
-                    ok=report.ok,
-                    listed=report.listed,
-                    new=report.new,
-                    due=report.due,
-                    deleted=report.deleted,
-                    already_gone=report.already_gone,
-                    failed=report.failed,
-                    api_calls=sum(report.api_calls.values()),
-                    calls_by_kind=json.dumps(report.api_calls, sort_keys=True),
-                    error=report.error,
-                )
-            )
-
-    async def last_sweeps(self, limit: int = 10) -> list[dict[str, Any]]:
-        query = select(sweeps).order_by(sweeps.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
-
     # ---- meta --------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
@@ -440,41 +354,6 @@ class Store:
             result = await conn.execute(update(meta).where(meta.c.key == key).values(value=value))
             if result.rowcount == 0:
                 await conn.execute(insert(meta).values(key=key, value=value))
-
-    # ---- figures -----------------------------------------------------------------------------
-
-    async def status(self, now: datetime, *, overdue_after: timedelta) -> list[AgentStatus]:
-        c = conversations
-        live = c.c.state.in_([State.ACTIVE.value, State.HELD.value, State.DELETING.value])
-        is_due = and_(c.c.state.in_([State.ACTIVE.value, State.DELETING.value]), c.c.due_at <= now)
-        overdue = and_(is_due, c.c.due_at <= now - overdue_after, _not_in_grace(c, now))
-        recent = and_(c.c.state == State.DELETED.value, c.c.finished_at >= now - timedelta(days=1))
-        waiting = and_(is_due, c.c.grace_until > now)
-        query = (
-            select(
-                c.c.agent_id,
-                func.sum(_flag(live)),
-                func.sum(_flag(is_due)),
-                func.sum(_flag(overdue)),
-                func.sum(_flag(c.c.state == State.HELD.value)),
-                func.sum(_flag(recent)),
-                func.sum(_flag(waiting)),
-            )
-            .where(or_(live, recent))
-            .group_by(c.c.agent_id)
-            .order_by(c.c.agent_id)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [AgentStatus(int(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
-
-
-def _not_in_grace(c: Any, now: datetime) -> Any:
-    return or_(c.c.grace_until.is_(None), c.c.grace_until <= now)
-
-
-def _flag(condition: Any) -> Any:
-    return case((condition, 1), else_=0)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

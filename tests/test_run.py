@@ -71,8 +71,14 @@ async def _run_session(emulator: Emulator, tmp_path: Path) -> tuple[str, str, di
                 await wait_for(lambda: record["session_id"] not in emulator.live_sessions(532))
                 record["deleted_after"] = asyncio.get_running_loop().time() - created
                 why_url = f"{admin}/v1/conversations/532/{record['session_id']}"
-                async with http.get(why_url, headers=auth) as r:
-                    why = await r.json()
+                # The API has answered the DELETE; the daemon records the outcome right after.
+                async with asyncio.timeout(10):
+                    while True:
+                        async with http.get(why_url, headers=auth) as r:
+                            why = await r.json()
+                        if why["state"] != "deleting":
+                            break
+                        await asyncio.sleep(0.05)
                 async with http.get(admin + "/metrics") as r:
                     metrics = await r.text()
         finally:
