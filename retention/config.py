@@ -39,6 +39,7 @@ from retention.policy import (
     validate_rules,
 )
 from retention.timefmt import parse_duration
+from retention.validation import readable_error
 
 CONFIG_ENV = "RETENTION_CONFIG"
 TOKEN_ENV = "CUSTOMGPT_API_TOKEN"
@@ -346,60 +347,9 @@ def _validate(raw: dict[str, Any], source: str, env: Mapping[str, str]) -> Setti
     try:
         return Settings(**raw)
     except ValidationError as exc:
-        raise _readable(exc, raw, source, env) from None
-
-
-def _readable(
-    exc: ValidationError, raw: dict[str, Any], source: str, env: Mapping[str, str]
-) -> ConfigError:
-    # A misspelt key also shows up as a missing one: report the misspelling, it is the cause.
-    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
-    error = errors[0]
-    loc = [str(part) for part in error["loc"]]
-    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
-        problem = str(error["ctx"]["error"])
-    elif error["type"] == "extra_forbidden":
-        problem = "unknown key" + _known_keys(error["loc"][:-1])
-    elif error["type"] == "missing":
-        problem = "required key is missing"
-    else:
-        problem = error["msg"]
-        if "input" in error and not isinstance(error["input"], dict | list):
-            problem += f" (got {error['input']!r})"
-    key, label = _key_label(loc, raw)
-    env_name = ENV_PREFIX + "__".join(loc).upper()
-    if env_name in env:
-        source = f"env {env_name}"
-    return ConfigError(problem, source=source, key=f"{label}{key}")
-
-
-def _known_keys(parent: tuple[int | str, ...]) -> str:
-    model: type[BaseModel] = Settings
-    for part in parent:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[str(part)].annotation
-        inner = getattr(annotation, "__args__", (annotation,))[0]
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
-            return ""
-        model = inner
-    return " (known keys: " + ", ".join(model.model_fields) + ")"
-
-
-def _key_label(loc: list[str], raw: dict[str, Any]) -> tuple[str, str]:
-    """Turn ('policies', '0', 'max_age') into "max_age" with label "policies[0] 'qa': "."""
-    if len(loc) >= 2 and loc[0] in ("policies", "holds") and loc[1].isdigit():
-        index = int(loc[1])
-        items = raw.get(loc[0], [])
-        name = (
-            items[index].get("name")
-            if index < len(items) and isinstance(items[index], dict)
-            else None
-        )
-        label = f"{loc[0]}[{index}]" + (f" {name!r}" if name else "")
-        rest = ".".join(p for p in loc[2:] if not p.isdigit()) or "(entry)"
-        return rest, label + ": "
-    return ".".join(loc), ""
+        raise readable_error(
+            exc, raw, source=source, env=env, env_prefix=ENV_PREFIX, model=Settings
+        ) from None
 
 
 def _read_token(

@@ -37,6 +37,7 @@ from retention.migrate import head_revision
 from retention.models import TrackedConversation
 from retention.store import Store
 from retention.timefmt import parse_duration
+from retention.validation import first_error, problem_text
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -290,14 +291,11 @@ async def _parse(request: web.Request, model: type[B]) -> B | web.Response:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        error = first_error(exc)
         field = ".".join(str(p) for p in error["loc"]) or None
-        if error["type"] == "value_error" and "error" in error.get("ctx", {}):
-            message = str(error["ctx"]["error"])
-        elif error["type"] == "extra_forbidden":
-            message = "unknown field"
-        else:
-            message = error["msg"]
+        message = problem_text(
+            error, unknown="unknown field", missing="Field required", echo_input=False
+        )
         return _fail(400, f"{field}: {message}" if field else message, field=field)
 
 
