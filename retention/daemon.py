@@ -25,7 +25,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from retention.engine import Engine
 from retention.errors import ConfigError
-from retention.models import SweepReport
 from retention.timefmt import format_duration
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ class Health:
     started_at: datetime
     last_success_at: datetime | None = None
     failing_since: datetime | None = None
-    last_report: SweepReport | None = None
 
 
 class Daemon:
@@ -178,7 +176,6 @@ class Daemon:
             if self.health.failing_since is None:
                 self.health.failing_since = self.engine.clock()
         else:
-            self.health.last_report = report
             self.health.last_success_at = report.finished_at
             self.health.failing_since = None
         finally:

@@ -39,8 +39,6 @@ class StoreError(RetentionError):
 class ApiError(RetentionError):
     """A CustomGPT API call that did not succeed."""
 
-    retryable = False
-
     def __init__(
         self,
         message: str,
@@ -62,8 +60,6 @@ class ApiError(RetentionError):
 
 class TransientApiError(ApiError):
     """A failure worth retrying: 5xx, timeout, connection reset, malformed success body."""
-
-    retryable = True
 
 
 class RateLimited(TransientApiError):
