@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.emulator import DEFAULT_TOKEN, Emulator
-from retention.emulator_seed import EmulatorState
+from retention.emulator.seed import EmulatorState
 from retention.engine import Engine, EngineOptions, Rules
 from retention.policy import Policy
 from retention.store import Store

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from retention import __version__, commands, demo, logs
 from retention.config import TOKEN_ENV, Settings, config_path, load_config
-from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit
-from retention.emulator_seed import load_seed, sample_state
+from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit, load_seed, sample_state
 from retention.errors import ConfigError, RetentionError
 from retention.policy import Hold, Policy
 from retention.timefmt import format_duration, parse_duration

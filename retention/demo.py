@@ -23,8 +23,13 @@ from rich.table import Table
 from retention.commands import open_runtime
 from retention.config import load_config
 from retention.daemon import Cadence, Daemon
-from retention.emulator import DEFAULT_TOKEN, Emulator
-from retention.emulator_seed import HELD_SAMPLE_SESSION, EmulatorState, sample_state
+from retention.emulator import (
+    DEFAULT_TOKEN,
+    HELD_SAMPLE_SESSION,
+    Emulator,
+    EmulatorState,
+    sample_state,
+)
 from retention.models import AuditOutcome, AuditRecord, State, TrackedConversation
 from retention.timefmt import format_duration
 

@@ -11,7 +11,7 @@ import pytest
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.emulator import Arrival, Emulator, Fault, RateLimit
-from retention.emulator_seed import EmuAgent
+from retention.emulator.seed import EmuAgent
 from retention.errors import (
     AuthError,
     BadRequestError,

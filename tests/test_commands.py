@@ -12,7 +12,7 @@ import pytest
 
 from retention.cli import main
 from retention.emulator import Emulator
-from retention.emulator_seed import EmulatorState
+from retention.emulator.seed import EmulatorState
 from retention.migrate import head_revision
 
 from .conftest import served_config

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from retention.emulator import DEFAULT_TOKEN, Emulator, Fault, RateLimit
-from retention.emulator_seed import HELD_SAMPLE_SESSION, load_seed, sample_state
+from retention.emulator.seed import HELD_SAMPLE_SESSION, load_seed, sample_state
 from retention.errors import ConfigError
 
 from .conftest import SHARED

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from retention.emulator import Arrival, Emulator, Fault
-from retention.emulator_seed import EmuConversation
+from retention.emulator.seed import EmuConversation
 from retention.errors import AuthError
 from retention.models import AgeFrom, AuditOutcome, Creator, Origin, State, TrackedConversation
 from retention.policy import Hold, Policy

@@ -1,10 +1,9 @@
-"""A fake of the CustomGPT conversation API (aiohttp.web) for tests, the demo and benchmarks.
+"""The emulator's aiohttp.web application: routes, bearer auth, rate limit, faults, request log.
 
-Faithful to DESIGN.md section 1: the ``{"status", "data"}`` envelope, Laravel paginators whose
-``per_page`` the client cannot choose, the real error bodies, bearer auth, the three timestamp
-formats, integer ``project_id`` and ``created_by``, 404 on a second delete, and rename bumping
-``updated_at``. On top of that it can misbehave on purpose (:class:`Fault`, :class:`RateLimit`,
-:class:`Arrival`, ``latency``) and it records every request it served (:class:`Served`).
+It serves the shapes in :mod:`retention.emulator.shapes` from an :class:`EmulatorState`: 404 on a
+second delete, rename bumping ``updated_at``, ``per_page`` the client cannot choose. On top of
+that it can misbehave on purpose (:class:`Fault`, :class:`RateLimit`, :class:`Arrival`,
+``latency``) and it records every request it served (:class:`Served`).
 """
 
 from __future__ import annotations
@@ -22,10 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from retention.emulator_faults import Arrival, Fault, RateLimit
-from retention.emulator_seed import EmuAgent, EmuConversation, EmulatorState
+from retention.emulator import shapes
+from retention.emulator.faults import Arrival, Fault, RateLimit
+from retention.emulator.seed import EmuAgent, EmuConversation, EmulatorState
 
-__all__ = ["DEFAULT_TOKEN", "Arrival", "Emulator", "Fault", "RateLimit", "Served"]
+__all__ = ["DEFAULT_TOKEN", "Emulator", "Served"]
 
 DEFAULT_TOKEN = "emulator-token"
 API_PREFIX = "/api/v1"
@@ -174,7 +174,7 @@ class Emulator:
             return web.Response(
                 status=fault.status_code, text=fault.body, content_type=fault.content_type
             )
-        return _error(request, fault.status_code, _REASONS.get(fault.status_code, "Error"))
+        return _error(request, fault.status_code, shapes.REASONS.get(fault.status_code, "Error"))
 
     # ---- the API -----------------------------------------------------------------------------
 
@@ -191,19 +191,11 @@ class Emulator:
 
     async def _list_agents(self, request: web.Request) -> web.StreamResponse:
         agents = sorted(self.state.agents.values(), key=lambda a: a.id, reverse=True)
-        items = [_agent_json(a) for a in agents]
+        items = [shapes.agent_json(a) for a in agents]
         return self._ok(request, _paginate(request, items, self.per_page))
 
     async def _settings(self, request: web.Request) -> web.StreamResponse:
-        agent = self._agent(request)
-        data = {
-            "chatbot_avatar": None,
-            "default_prompt": "Ask me anything",
-            "response_source": "own_content",
-            "conversation_retention_period": agent.retention_period,
-            "conversation_retention_days": agent.retention_days,
-        }
-        return self._ok(request, data)
+        return self._ok(request, shapes.settings_json(self._agent(request)))
 
     async def _list_conversations(self, request: web.Request) -> web.StreamResponse:
         agent = self._agent(request)
@@ -273,7 +265,7 @@ class Emulator:
         stamps = list(enumerate(sorted(conversation.messages), start=1))
         if request.query.get("order", "desc") != "asc":
             stamps.reverse()
-        items = [_message_json(conversation, n, at) for n, at in stamps]
+        items = [shapes.message_json(conversation, n, at) for n, at in stamps]
         data = {
             "conversation": self._conv_json(conversation),
             "messages": _paginate(request, items, self.per_page),
@@ -288,20 +280,10 @@ class Emulator:
         return conversation
 
     def _conv_json(self, c: EmuConversation) -> dict[str, Any]:
-        stamp = plain if self.time_format == "plain" else iso_z
-        return {
-            "id": c.id,
-            "name": c.name,
-            "project_id": c.project_id,
-            "created_by": c.created_by,
-            "session_id": c.session_id,
-            "created_at": stamp(c.created_at),
-            "updated_at": stamp(c.updated_at),
-            "deleted_at": None,
-        }
+        return shapes.conversation_json(c, self.time_format)
 
     def _ok(self, request: web.Request, data: Any, *, status: int = 200) -> web.Response:
-        response = web.json_response({"status": "success", "data": data}, status=status)
+        response = web.json_response(shapes.envelope(data), status=status)
         response.headers.update(request.get(RATE_HEADERS, {}))
         return response
 
@@ -311,21 +293,8 @@ class _Abort(Exception):
         self.response = response
 
 
-_REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
-
 def _error(request: web.Request, code: int, message: str) -> web.Response:
-    body = {"status": "error", "url": str(request.url), "data": {"code": code, "message": message}}
+    body = shapes.error_body(str(request.url), code, message)
     return web.Response(status=code, text=json.dumps(body), content_type="application/json")
 
 
@@ -350,67 +319,4 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
 
 def _paginate(request: web.Request, items: list[Any], per_page: int) -> dict[str, Any]:
     page = _int_param(request, "page", 1)
-    total = len(items)
-    last_page = max(1, math.ceil(total / per_page))
-    chunk = items[(page - 1) * per_page : page * per_page]
-    base = request.url.with_query(None)
-
-    def url(n: int) -> str:
-        return str(base.update_query({**request.query, "page": str(n)}))
-
-    first = (page - 1) * per_page + 1
-    return {
-        "current_page": page,
-        "data": chunk,
-        "first_page_url": url(1),
-        "from": first if chunk else None,
-        "last_page": last_page,
-        "last_page_url": url(last_page),
-        "next_page_url": url(page + 1) if page < last_page else None,
-        "path": str(base),
-        "per_page": per_page,
-        "prev_page_url": url(page - 1) if page > 1 else None,
-        "to": first + len(chunk) - 1 if chunk else None,
-        "total": total,
-    }
-
-
-def iso_z(moment: datetime) -> str:
-    """``2023-06-25T17:23:34.000000Z``: conversations' timestamps (whole seconds, as served)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-
-
-def plain(moment: datetime) -> str:
-    """``2023-04-30 16:43:53``: agents' timestamps (UTC)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def twelve_hour(moment: datetime) -> str:
-    """``25 Jun 2023 05:01:11``: message lists' timestamps, 12-hour clock without AM/PM."""
-    return moment.astimezone(UTC).strftime("%d %b %Y %I:%M:%S")
-
-
-def _agent_json(a: EmuAgent) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "project_name": a.name,
-        "is_chat_active": True,
-        "type": "SITEMAP",
-        "created_at": plain(a.created_at),
-        "updated_at": plain(a.created_at),
-        "deleted_at": None,
-    }
-
-
-def _message_json(c: EmuConversation, n: int, at: datetime) -> dict[str, Any]:
-    # No content worth keeping: the daemon reads only the time. Ids are unique per conversation.
-    return {
-        "id": c.id * 1000 + n,
-        "user_id": c.created_by,
-        "user_query": f"question {n}",
-        "openai_response": f"answer {n}",
-        "created_at": twelve_hour(at),
-        "updated_at": twelve_hour(at),
-        "conversation_id": c.id,
-        "citations": [],
-    }
+    return shapes.paginator(items, page=page, per_page=per_page, url=request.url)
