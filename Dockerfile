@@ -17,6 +17,7 @@ RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
     && /opt/retention/bin/pip install --require-hashes --no-deps -r /tmp/requirements.lock
 COPY pyproject.toml README.md /src/
 COPY retention /src/retention
+COPY migrations /src/migrations
 RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
     && /opt/retention/bin/pip install --no-deps /src
 

@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := retention tests benchmarks
+SOURCES := retention migrations tests benchmarks
 
-.PHONY: install test lint format demo emulate bench lock container-smoke clean
+.PHONY: install test lint format demo emulate bench lock wheel-smoke container-smoke clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ lock: $(STAMP)
 	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet \
 	    --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
 	    --output-file requirements.lock pyproject.toml
+
+# Build the wheel, install it in a fresh venv outside the repository, migrate a store and run
+# the demo: proves the wheel carries everything (Alembic's scripts among it).
+wheel-smoke: $(STAMP)
+	PYTHON=$(BIN)/python scripts/wheel-smoke
 
 container-smoke:
 	scripts/container-smoke

@@ -1,8 +1,9 @@
-"""Alembic plumbing: the migration scripts that ship in the package, applied on a connection."""
+"""Alembic plumbing: find the migration scripts, apply them on a connection, read revisions."""
 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -11,9 +12,23 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 
+def script_location() -> str:
+    """Where the migration scripts are: inside the package, or the repository's top level.
+
+    The scripts live in the repository's top-level ``migrations/``; the wheel carries them as
+    ``retention/migrations`` (pyproject.toml's force-include). An installed wheel has only the
+    latter; an editable install or a checkout imports the package from the repository, where
+    only the former exists, beside the package.
+    """
+    packaged = resources.files("retention") / "migrations"
+    if packaged.is_dir():
+        return str(packaged)
+    return str(Path(__file__).resolve().parent.parent / "migrations")
+
+
 def alembic_config() -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(resources.files("retention") / "migrations"))
+    cfg.set_main_option("script_location", script_location())
     return cfg
 
 
