@@ -22,9 +22,10 @@ from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.emulator import DEFAULT_TOKEN, Emulator
 from retention.emulator.seed import EmulatorState
-from retention.engine import Engine, EngineOptions, Rules
-from retention.policy import Policy
+from retention.engine import Engine
+from retention.policy import Policy, Rules
 from retention.store import Store
+from retention.sweep import EngineOptions
 
 
 def seed(agents: int, per_agent: int, due_share: float) -> EmulatorState:

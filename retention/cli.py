@@ -1,6 +1,7 @@
-"""Command line: argv -> settings -> command. The only module that wires objects together.
+"""Command line: argv -> settings -> command. It parses and dispatches, nothing more.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
+The command bodies live in :mod:`retention.commands`; what they run on is built by
+:mod:`retention.runtime`. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -9,21 +10,17 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from retention import __version__, commands, demo, logs
-from retention.config import TOKEN_ENV, Settings, config_path, load_config
-from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit, load_seed, sample_state
+from retention import __version__, commands, logs
+from retention.commands import EXIT_FAILURE, EXIT_USAGE
+from retention.config import Settings, config_path, load_config, to_duration
 from retention.errors import ConfigError, RetentionError
-from retention.policy import Hold, Policy
-from retention.timefmt import format_duration, parse_duration
 
 logger = logging.getLogger(__name__)
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulate.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any)")
     emulate.add_argument(
-        "--token", default=DEFAULT_TOKEN, help=f"bearer token to accept (default {DEFAULT_TOKEN})"
+        "--token", help="bearer token to accept (default: the emulator's own, shown at start)"
     )
     emulate.add_argument("--seed", type=Path, help="seed file (TOML; format in the README)")
     emulate.add_argument("--per-page", type=int, help="page size of lists (default 20)")
@@ -158,7 +155,7 @@ def _ttl(args: argparse.Namespace) -> timedelta | None:
     if args.ttl is None:
         return None
     try:
-        return parse_duration(args.ttl)
+        return to_duration(args.ttl)
     except ValueError as exc:
         raise ConfigError(str(exc), key="--ttl") from None
 
@@ -179,13 +176,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level="INFO")
     try:
         if args.command == "check":
-            return _check(args)
+            return commands.check(_load(args))
         if args.command == "emulate":
-            return _emulate(args)
+            return commands.emulate(
+                port=args.port,
+                token=args.token,
+                seed=args.seed,
+                per_page=args.per_page,
+                rate_limit=args.rate_limit,
+                latency=args.latency,
+            )
         if args.command == "demo":
             logs.configure(level="INFO", fmt="text")
             logging.getLogger("retention.deletion").setLevel(logging.WARNING)
-            return demo.main(args.seconds)
+            return commands.demo(args.seconds)
         settings = _load(args)
         if args.command == "probe":
             return commands.probe(settings, ready=args.ready, timeout=args.timeout)
@@ -231,121 +235,6 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _load(args: argparse.Namespace) -> Settings:
     return load_config(config_path(args.config, os.environ))
-
-
-def _check(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    policies, holds = settings.rules()
-    api = settings.api
-    print(f"{settings.source}: ok")
-    print(
-        f"  api        {api.base_url} at {api.requests_per_minute} requests/minute, "
-        f"token {'set' if settings.token else 'not set'}"
-    )
-    print(f"  store      {settings.store.url}")
-    print(f"  schedule   {_schedule_line(settings)}")
-    print(f"  dry_run    {str(settings.safety.dry_run).lower()}")
-    print(f"  policies   {len(policies)} (first match decides)")
-    for index, policy in enumerate(policies):
-        print(f"    [{index}] {_describe_policy(policy)}")
-    print(f"  holds      {len(holds)} (a held conversation is never deleted)")
-    for index, hold in enumerate(holds):
-        print(f"    [{index}] {_describe_hold(hold)}")
-    if not policies:
-        print("  note: no policies, so nothing will ever be deleted")
-    if settings.token is None:
-        print(
-            f"retention: warning: no API token; set env {TOKEN_ENV} or [api] token_file "
-            "before plan, once or run",
-            file=sys.stderr,
-        )
-    return EXIT_OK
-
-
-def _schedule_line(settings: Settings) -> str:
-    s = settings.schedule
-    discover = f"cron '{s.discover_cron}'" if s.discover_cron else format_duration(s.discover_every)
-    delete = f"cron '{s.delete_cron}'" if s.delete_cron else format_duration(s.delete_every)
-    return (
-        f"discover every {discover}, delete every {delete}, "
-        f"reconcile every {format_duration(s.reconcile_every)}"
-    )
-
-
-def _agents_text(agents: frozenset[int] | None) -> str:
-    return "all agents" if agents is None else "agents " + ", ".join(map(str, sorted(agents)))
-
-
-def _names_text(globs: tuple[str, ...], regex: str | None) -> str:
-    parts = []
-    if globs:
-        parts.append("names " + " | ".join(globs))
-    if regex is not None:
-        parts.append(f"name ~ /{regex}/")
-    return ", ".join(parts)
-
-
-def _describe_policy(policy: Policy) -> str:
-    bits = [f"{policy.name!r}: {_agents_text(policy.agents)}"]
-    if names := _names_text(policy.name_matches, policy.name_regex):
-        bits.append(names)
-    if policy.user_type is not None:
-        bits.append(f"by {policy.user_type.value}")
-    if policy.origins is not None:
-        bits.append("origin " + "/".join(sorted(o.value for o in policy.origins)))
-    bits.append(f"max_age {format_duration(policy.max_age)} from {policy.age_from.value}")
-    if policy.dry_run:
-        bits.append("dry-run")
-    return ", ".join(bits)
-
-
-def _describe_hold(hold: Hold) -> str:
-    bits = [f"{hold.name!r}: {_agents_text(hold.agents)}"]
-    if hold.session_ids:
-        bits.append(f"{len(hold.session_ids)} session id(s)")
-    if names := _names_text(hold.name_matches, hold.name_regex):
-        bits.append(names)
-    return ", ".join(bits)
-
-
-def _emulate(args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
-    per_page = args.per_page
-    if args.seed is not None:
-        state, seeded_per_page = load_seed(args.seed, now=now)
-        per_page = per_page or seeded_per_page
-    else:
-        state = sample_state(now=now)
-    if per_page is not None and per_page < 1:
-        raise ConfigError("must be at least 1", key="--per-page")
-    emulator = Emulator(state, token=args.token, per_page=per_page or 20, latency=args.latency)
-    if args.rate_limit:
-        emulator.rate_limit = RateLimit(args.rate_limit, 60.0)
-    return asyncio.run(_serve_until_stopped(emulator, args.port, default_token=args.token))
-
-
-async def _serve_until_stopped(emulator: Emulator, port: int, *, default_token: str) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with emulator.serve("127.0.0.1", port) as url:
-            token_hint = DEFAULT_TOKEN if default_token == DEFAULT_TOKEN else "the --token value"
-            agents = ", ".join(str(a) for a in sorted(emulator.state.agents))
-            print(
-                f"emulator serving {url} (bearer token: {token_hint}; agents {agents}; "
-                f"{emulator.state.count()} conversations). Ctrl-C stops it.",
-                file=sys.stderr,
-                flush=True,
-            )
-            await stop.wait()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", key="--port"
-        ) from None
-    print("emulator stopped", file=sys.stderr)
-    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,9 @@
-"""The commands behind the CLI, and the one place that builds the runtime objects.
+"""The commands behind the CLI: one function per command, each returning its exit code.
 
-``open_runtime`` creates the store, the HTTP session, the client and the engine inside one
-AsyncExitStack, so a failed start closes whatever had been opened.
+They build nothing themselves: :mod:`retention.runtime` opens what they run on. The emulator
+and the demo are imported only by the commands that use them, so ``retention check`` stays
+light. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration (raised as
+:class:`retention.errors.ConfigError` for the CLI to report).
 """
 
 from __future__ import annotations
@@ -9,88 +11,60 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
-from pydantic import SecretStr
 from rich.console import Console
 
-from retention import render, tracking, web
-from retention.budget import RequestBudget
-from retention.client import CustomGPTClient
+from retention import render, tracking
 from retention.config import TOKEN_ENV, Settings, parse_listen
-from retention.daemon import Cadence, Daemon
-from retention.engine import Engine, EngineOptions, Progress, Rules
 from retention.errors import ConfigError
-from retention.metrics import Metrics, overdue_after
+from retention.metrics import overdue_after
 from retention.models import TrackedConversation
-from retention.reload import ConfigWatcher
-from retention.store import Store
+from retention.runtime import open_runtime, open_store, run_daemon
+from retention.sweep import Progress
+
+if TYPE_CHECKING:
+    from retention.emulator import Emulator
 
 logger = logging.getLogger(__name__)
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    store: Store
-    client: CustomGPTClient
-    engine: Engine
-
-
-def require_token(settings: Settings) -> SecretStr:
-    if settings.token is None:
-        raise ConfigError(
-            f"no API token: set env {TOKEN_ENV} or [api] token_file", source=settings.source
-        )
-    return settings.token
-
-
-def engine_options(settings: Settings, *, dry_run: bool) -> EngineOptions:
-    return EngineOptions(
-        dry_run=dry_run or settings.safety.dry_run,
-        reconcile_every=settings.schedule.reconcile_every,
-        delete_concurrency=settings.api.max_concurrency,
-        policy_change_grace=settings.safety.policy_change_grace,
+def check(settings: Settings) -> int:
+    """Validate and summarise a config; loading it already raised on any problem."""
+    rules = settings.rules()
+    api = settings.api
+    print(f"{settings.source}: ok")
+    print(
+        f"  api        {api.base_url} at {api.requests_per_minute} requests/minute, "
+        f"token {'set' if settings.token else 'not set'}"
     )
-
-
-@asynccontextmanager
-async def open_runtime(
-    settings: Settings, *, dry_run: bool = False, progress: Progress | None = None
-) -> AsyncIterator[Runtime]:
-    token = require_token(settings)
-    async with AsyncExitStack() as stack:
-        store = await Store.open(settings.store.url)
-        stack.push_async_callback(store.close)
-        session = await stack.enter_async_context(aiohttp.ClientSession())
-        api = settings.api
-        client = CustomGPTClient(
-            session,
-            base_url=api.base_url,
-            token=token,
-            budget=RequestBudget(api.requests_per_minute, burst=api.burst),
-            max_attempts=api.max_attempts,
-            max_concurrency=api.max_concurrency,
-            request_timeout=api.request_timeout,
-            connect_timeout=api.connect_timeout,
+    print(f"  store      {settings.store.url}")
+    print(f"  schedule   {render.schedule_line(settings)}")
+    print(f"  dry_run    {str(settings.safety.dry_run).lower()}")
+    print(f"  policies   {len(rules.policies)} (first match decides)")
+    for index, policy in enumerate(rules.policies):
+        print(f"    [{index}] {render.describe_policy(policy)}")
+    print(f"  holds      {len(rules.holds)} (a held conversation is never deleted)")
+    for index, hold in enumerate(rules.holds):
+        print(f"    [{index}] {render.describe_hold(hold)}")
+    if not rules.policies:
+        print("  note: no policies, so nothing will ever be deleted")
+    if settings.token is None:
+        print(
+            f"retention: warning: no API token; set env {TOKEN_ENV} or [api] token_file "
+            "before plan, once or run",
+            file=sys.stderr,
         )
-        policies, holds = settings.rules()
-        engine = Engine(
-            client,
-            store,
-            Rules(policies, holds),
-            options=engine_options(settings, dry_run=dry_run),
-            progress=progress,
-        )
-        yield Runtime(settings, store, client, engine)
+    return EXIT_OK
 
 
 @contextmanager
@@ -135,40 +109,15 @@ async def once(settings: Settings, *, dry_run: bool) -> int:
 
 async def run(settings: Settings) -> int:
     logger.info("effective configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    async with AsyncExitStack() as stack:
-        runtime = await stack.enter_async_context(open_runtime(settings))
-        engine, schedule = runtime.engine, settings.schedule
-        metrics = Metrics(stats=runtime.client.stats, budget=runtime.client.budget)
-        engine.listeners.append(metrics.observe_sweep)
-        watcher = ConfigWatcher(Path(settings.source), engine, settings)
-        daemon = Daemon(
-            engine,
-            discover=Cadence(schedule.discover_every, schedule.discover_cron),
-            delete=Cadence(schedule.delete_every, schedule.delete_cron),
-            on_reload=watcher.reload,
-        )
-        if settings.admin.listen:
-            context = web.AdminContext(
-                engine=engine,
-                store=runtime.store,
-                metrics=metrics,
-                health=daemon.health,
-                admin_token=settings.admin_token,
-                ready_after_failing=settings.admin.ready_after_failing,
-                overdue_after=overdue_after(schedule.delete_every),
-            )
-            await stack.enter_async_context(web.serve(context, settings.admin.listen))
-        if schedule.watch_config:
-            watching = asyncio.create_task(watcher.watch())
-            stack.callback(watching.cancel)
-        return await daemon.run()
+    async with open_runtime(settings) as runtime:
+        return await run_daemon(runtime)
 
 
 async def create(
     settings: Settings, *, agent_id: int, name: str, ttl: timedelta | None, output: str
 ) -> int:
     async with open_runtime(settings) as runtime:
-        record = await tracking.create(runtime.engine, agent_id=agent_id, name=name, ttl=ttl)
+        record = await tracking.create(runtime.sweep, agent_id=agent_id, name=name, ttl=ttl)
     _print_record(record, output, verb="created")
     return 0
 
@@ -178,7 +127,7 @@ async def track(
 ) -> int:
     async with open_runtime(settings) as runtime:
         record = await tracking.track(
-            runtime.engine, agent_id=agent_id, session_id=session_id, ttl=ttl
+            runtime.sweep, agent_id=agent_id, session_id=session_id, ttl=ttl
         )
     _print_record(record, output, verb="tracking")
     return 0
@@ -218,26 +167,80 @@ def probe(settings: Settings, *, ready: bool, timeout: float) -> int:
 
 
 async def status(settings: Settings) -> int:
-    store = await Store.open(settings.store.url)
-    try:
+    async with open_store(settings) as store:
         now = datetime.now(UTC)
-        rows = await store.status(now, overdue_after=overdue_after(settings.schedule.delete_every))
+        journal = store.journal
+        delete_every = settings.schedule.delete_every
+        rows = await journal.status(now, overdue_after=overdue_after(delete_every))
         agents = {row.agent_id: await store.agent(row.agent_id) for row in rows}
         render.status_table(rows, agents, now=now, out=sys.stdout)
-        render.sweeps_lines(await store.last_sweeps(5), out=sys.stdout)
-    finally:
-        await store.close()
+        render.sweeps_lines(await journal.last_sweeps(5), out=sys.stdout)
     return 0
 
 
 async def db_upgrade(settings: Settings) -> int:
-    store = await Store.open(settings.store.url, migrate=False)
-    try:
+    async with open_store(settings, migrate=False) as store:
         before, after = await store.upgrade()
-    finally:
-        await store.close()
     if before == after:
         print(f"store is at {after} (head): nothing to do")
     else:
         print(f"store upgraded from {before or 'empty'} to {after}")
     return 0
+
+
+def demo(seconds: float) -> int:
+    from retention.demo import main  # the emulator comes with it: only this command loads it
+
+    return main(seconds)
+
+
+def emulate(
+    *,
+    port: int,
+    token: str | None,
+    seed: Path | None,
+    per_page: int | None,
+    rate_limit: int | None,
+    latency: float,
+) -> int:
+    """Serve the emulator on 127.0.0.1 until SIGINT or SIGTERM."""
+    from retention.emulator import DEFAULT_TOKEN, Emulator, RateLimit, load_seed, sample_state
+
+    now = datetime.now(UTC)
+    if seed is not None:
+        state, seeded_per_page = load_seed(seed, now=now)
+        per_page = per_page or seeded_per_page
+    else:
+        state = sample_state(now=now)
+    if per_page is not None and per_page < 1:
+        raise ConfigError("must be at least 1", key="--per-page")
+    emulator = Emulator(
+        state, token=token or DEFAULT_TOKEN, per_page=per_page or 20, latency=latency
+    )
+    if rate_limit:
+        emulator.rate_limit = RateLimit(rate_limit, 60.0)
+    token_hint = "the --token value" if token else DEFAULT_TOKEN
+    return asyncio.run(_serve_until_stopped(emulator, port, token_hint=token_hint))
+
+
+async def _serve_until_stopped(emulator: Emulator, port: int, *, token_hint: str) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with emulator.serve("127.0.0.1", port) as url:
+            agents = ", ".join(str(a) for a in sorted(emulator.state.agents))
+            print(
+                f"emulator serving {url} (bearer token: {token_hint}; agents {agents}; "
+                f"{emulator.state.count()} conversations). Ctrl-C stops it.",
+                file=sys.stderr,
+                flush=True,
+            )
+            await stop.wait()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", key="--port"
+        ) from None
+    print("emulator stopped", file=sys.stderr)
+    return EXIT_OK

@@ -34,6 +34,7 @@ from retention.policy import (
     Hold,
     Policy,
     RuleError,
+    Rules,
     compile_glob,
     compile_regex,
     validate_rules,
@@ -57,6 +58,14 @@ def _duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def to_duration(value: str | timedelta) -> timedelta:
+    """The one duration parser: config keys and every TTL (CLI, admin API, Python API)."""
+    result = _duration(value)
+    if not isinstance(result, timedelta):
+        raise ValueError(f"expected a duration such as '2h', got {value!r}")
+    return result
 
 
 def _duration_or_zero(value: object) -> object:
@@ -275,9 +284,9 @@ class Settings(BaseSettings):
     def source(self) -> str:
         return self._source
 
-    def rules(self) -> tuple[tuple[Policy, ...], tuple[Hold, ...]]:
+    def rules(self) -> Rules:
         """The policies and holds as the pure policy module wants them."""
-        return (
+        return Rules(
             tuple(p.to_policy() for p in self.policies),
             tuple(h.to_hold() for h in self.holds),
         )
@@ -325,8 +334,8 @@ def load_config(path: Path) -> Settings:
             )
     settings = _validate(raw, source, env)
     try:
-        policies, holds = settings.rules()
-        validate_rules(policies, holds)
+        rules = settings.rules()
+        validate_rules(rules.policies, rules.holds)
     except RuleError as exc:
         raise ConfigError(str(exc), source=source) from None
     settings._source = source

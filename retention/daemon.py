@@ -121,7 +121,7 @@ class Daemon:
             # Stop taking work, let running sweeps finish their current item, then shut down:
             # APScheduler's asyncio executor cancels whatever still runs at shutdown.
             scheduler.pause()
-            self.engine.stopping.set()
+            self.engine.stop()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             await self._drain()

@@ -15,7 +15,6 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from retention.errors import ApiError, AuthError
 from retention.models import (
@@ -27,19 +26,19 @@ from retention.models import (
     SweepReport,
     TrackedConversation,
 )
-
-if TYPE_CHECKING:
-    from retention.engine import Engine
+from retention.sweep import Sweep
 
 logger = logging.getLogger(__name__)
 MAX_RETRY_DELAY = timedelta(hours=1)
 
 
-async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | None = None) -> None:
+async def delete_due(sweep: Sweep, report: SweepReport, *, sweep_id: int | None = None) -> None:
     """Delete what is due, at most ``delete_batch`` per sweep, ``delete_concurrency`` at once."""
-    options = engine.options
-    now = engine.clock()
-    candidates = await engine.store.due(now, limit=options.delete_batch, skip_dry_run_noted=True)
+    options = sweep.options
+    now = sweep.clock()
+    candidates = await sweep.conversations.due(
+        now, limit=options.delete_batch, skip_dry_run_noted=True
+    )
     report.due = len(candidates)
     queue = iter(candidates)  # shared by the workers: oldest due first, whoever is free
     done = 0
@@ -47,12 +46,12 @@ async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | Non
     async def worker() -> None:
         nonlocal done
         for candidate in queue:
-            if engine.stopping.is_set():
+            if sweep.stopping.is_set():
                 return
-            async with engine.gate(candidate.agent_id).delete():
-                await _delete_one(engine, candidate, report, sweep_id)
+            async with sweep.gate(candidate.agent_id).delete():
+                await _delete_one(sweep, candidate, report, sweep_id)
             done += 1
-            engine.note("deletions", done)
+            sweep.note("deletions", done)
 
     workers = [asyncio.create_task(worker()) for _ in range(options.delete_concurrency)]
     try:
@@ -66,50 +65,49 @@ async def delete_due(engine: Engine, report: SweepReport, *, sweep_id: int | Non
 
 
 async def confirm_activity(
-    engine: Engine, conversation: TrackedConversation, now: datetime
+    sweep: Sweep, conversation: TrackedConversation, now: datetime
 ) -> TrackedConversation:
     """For a last-activity rule about to act, read the newest message time (one call)."""
     if conversation.due_at is None or conversation.due_at > now:
         return conversation
-    policy = next((p for p in engine.rules.policies if p.name == conversation.rule), None)
-    if policy is None or policy.age_from is not AgeFrom.LAST_ACTIVITY:
+    if conversation.age_from is not AgeFrom.LAST_ACTIVITY:
         return conversation
     checked = conversation.activity_checked_at
-    if checked is not None and now - checked < engine.options.activity_fresh:
+    if checked is not None and now - checked < sweep.options.activity_fresh:
         return conversation
-    newest = await engine.api.last_activity(conversation.agent_id, conversation.session_id)
+    newest = await sweep.api.last_activity(conversation.agent_id, conversation.session_id)
     refreshed = replace(conversation, last_activity_at=newest, activity_checked_at=now)
     # No messages: the clock is the creation time (DESIGN.md section 4).
     if newest is None:
         refreshed = replace(refreshed, last_activity_at=conversation.created_at)
-    evaluated = engine.evaluate(refreshed, now)
-    await engine.store.update([evaluated], now=now)
+    evaluated = sweep.evaluate(refreshed, now)
+    await sweep.conversations.update([evaluated], now=now)
     return evaluated
 
 
 async def _delete_one(
-    engine: Engine,
+    sweep: Sweep,
     candidate: TrackedConversation,
     report: SweepReport,
     sweep_id: int | None,
 ) -> None:
     # The due set was read before this agent's gate was ours: a walk may have renamed the
     # conversation or found it gone since. Decide on what the store holds now.
-    stored = await engine.store.get(candidate.agent_id, candidate.session_id)
+    stored = await sweep.conversations.get(candidate.agent_id, candidate.session_id)
     if stored is None or stored.state not in (State.ACTIVE, State.DELETING):
         return
     candidate = stored
-    now = engine.clock()
-    current = engine.evaluate(candidate, now)
+    now = sweep.clock()
+    current = sweep.evaluate(candidate, now)
     if current.state is State.DELETING and current.due_at is None:
         # Left mid-delete, but the rules no longer delete it (a hold, or no match any more).
         current = replace(current, state=State.HELD if current.rule else State.ACTIVE)
     if current != candidate:
-        await engine.store.update([current], now=now)
+        await sweep.conversations.update([current], now=now)
     if current.due_at is None or current.due_at > now or current.state is State.HELD:
         return
     try:
-        current = await confirm_activity(engine, current, now)
+        current = await confirm_activity(sweep, current, now)
     except AuthError:
         raise
     except ApiError as exc:
@@ -129,29 +127,29 @@ async def _delete_one(
         return  # a policy change made it due: it waits out the grace
     if current.retry_at is not None and current.retry_at > now:
         return  # a DELETE failed lately: the next attempt waits
-    if engine.options.dry_run or engine.policy_dry_run(current.rule):
+    if sweep.dry_run(current):
         if current.dry_run_noted_at is not None:
             return  # said once already
-        await _audit(engine, report, current, AuditOutcome.DRY_RUN, now, sweep_id)
-        await engine.store.note_dry_run(current.agent_id, current.session_id, now=now)
+        await _audit(sweep, report, current, AuditOutcome.DRY_RUN, now, sweep_id)
+        await sweep.conversations.note_dry_run(current.agent_id, current.session_id, now=now)
         report.would_delete += 1
         logger.info("dry-run: would delete %s (%s)", _label(current), current.reason)
         return
-    await _send_delete(engine, current, report, sweep_id)
+    await _send_delete(sweep, current, report, sweep_id)
 
 
 async def _send_delete(
-    engine: Engine, current: TrackedConversation, report: SweepReport, sweep_id: int | None
+    sweep: Sweep, current: TrackedConversation, report: SweepReport, sweep_id: int | None
 ) -> None:
-    store, now = engine.store, engine.clock()
+    store, now = sweep.conversations, sweep.clock()
     # Intent first: a crash after this line is resolved by the next sweep.
     await store.set_state(
         current.agent_id, current.session_id, State.DELETING, now=now, count_attempt=True
     )
     try:
-        outcome = await engine.api.delete_conversation(current.agent_id, current.session_id)
+        outcome = await sweep.api.delete_conversation(current.agent_id, current.session_id)
     except ApiError as exc:
-        retry_at = now + retry_delay(engine.options.retry_backoff, current.attempts + 1)
+        retry_at = now + retry_delay(sweep.options.retry_backoff, current.attempts + 1)
         await store.set_state(
             current.agent_id,
             current.session_id,
@@ -160,27 +158,27 @@ async def _send_delete(
             error=str(exc),
             retry_at=retry_at,
         )
-        await _audit(engine, report, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
+        await _audit(sweep, report, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
         report.failed += 1
         logger.warning("could not delete %s: %s", _label(current), exc)
         if isinstance(exc, AuthError):
             raise  # every other delete would fail the same way: stop the sweep
         return
-    done = engine.clock()
+    done = sweep.clock()
     if outcome is DeleteOutcome.DELETED:
         await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
-        await _audit(engine, report, current, AuditOutcome.DELETED, done, sweep_id)
+        await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id)
         report.deleted += 1
         logger.info("deleted %s (%s)", _label(current), current.reason)
     else:
         await store.set_state(current.agent_id, current.session_id, State.GONE, now=done)
-        await _audit(engine, report, current, AuditOutcome.ALREADY_GONE, done, sweep_id)
+        await _audit(sweep, report, current, AuditOutcome.ALREADY_GONE, done, sweep_id)
         report.already_gone += 1
         logger.info("already gone: %s", _label(current))
 
 
 async def _audit(
-    engine: Engine,
+    sweep: Sweep,
     report: SweepReport,
     conversation: TrackedConversation,
     outcome: AuditOutcome,
@@ -200,7 +198,7 @@ async def _audit(
         outcome=outcome,
         detail=detail or conversation.reason,
     )
-    await engine.store.add_audit(record, sweep_id=sweep_id)
+    await sweep.journal.add_audit(record, sweep_id=sweep_id)
 
 
 def retry_delay(base: timedelta, attempts: int) -> timedelta:

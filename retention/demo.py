@@ -20,9 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from retention.commands import open_runtime
 from retention.config import load_config
-from retention.daemon import Cadence, Daemon
 from retention.emulator import (
     DEFAULT_TOKEN,
     HELD_SAMPLE_SESSION,
@@ -31,6 +29,7 @@ from retention.emulator import (
     sample_state,
 )
 from retention.models import AuditOutcome, AuditRecord, State, TrackedConversation
+from retention.runtime import open_runtime, run_daemon
 from retention.timefmt import format_duration
 
 logger = logging.getLogger(__name__)
@@ -48,6 +47,10 @@ url = "sqlite+aiosqlite:///{store}"
 [schedule]
 discover_every = "4s"
 delete_every = "2s"
+watch_config = false
+
+[admin]
+listen = ""                   # no admin surface: the demo needs no port of its own
 
 [[policies]]                  # test chats go after an hour
 name = "test-chats"
@@ -126,16 +129,11 @@ async def run_demo(*, seconds: float = 20.0, out: Console | None = None) -> int:
             stop = asyncio.Event()
             feeder = asyncio.create_task(_arrivals(emulator, stop))
             async with open_runtime(settings) as runtime:
-                daemon = Daemon(
-                    runtime.engine,
-                    discover=Cadence(settings.schedule.discover_every),
-                    delete=Cadence(settings.schedule.delete_every),
-                )
-                await daemon.run(run_for=seconds)
+                await run_daemon(runtime, run_for=seconds)
                 stop.set()
                 await feeder
                 tracked = await runtime.store.conversations()
-                trail = await runtime.store.audit_trail()
+                trail = await runtime.store.journal.audit_trail()
                 calls = runtime.client.stats.by_kind()
         _report(console, tracked, trail, calls, emulator)
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from retention.errors import ApiError
 from retention.models import (
@@ -25,68 +24,66 @@ from retention.models import (
     SweepReport,
     TrackedConversation,
 )
+from retention.sweep import Sweep
 from retention.timefmt import format_duration
-
-if TYPE_CHECKING:
-    from retention.engine import Engine
 
 logger = logging.getLogger(__name__)
 
 
-async def agents_to_cover(engine: Engine) -> dict[int, str | None]:
+async def agents_to_cover(sweep: Sweep) -> dict[int, str | None]:
     """Agents named by policies (or all of the account's, with their names), plus those we
     track on request."""
-    scope = engine.rules.agents_in_scope()
+    scope = sweep.rules.agents_in_scope()
     if scope is None:
-        agents: dict[int, str | None] = {a.id: a.name for a in await engine.api.list_agents()}
+        agents: dict[int, str | None] = {a.id: a.name for a in await sweep.api.list_agents()}
     else:
         agents = dict.fromkeys(scope)
-    for agent_id in await engine.store.requested_agents():
+    for agent_id in await sweep.conversations.requested_agents():
         agents.setdefault(agent_id, None)
     return dict(sorted(agents.items()))
 
 
-async def discover_all(engine: Engine, report: SweepReport, *, full: bool = False) -> None:
-    for agent_id, name in (await agents_to_cover(engine)).items():
-        if engine.stopping.is_set():
+async def discover_all(sweep: Sweep, report: SweepReport, *, full: bool = False) -> None:
+    for agent_id, name in (await agents_to_cover(sweep)).items():
+        if sweep.stopping.is_set():
             break
-        async with engine.gate(agent_id).walk():
-            await discover_agent(engine, agent_id, report, full=full, name=name)
+        async with sweep.gate(agent_id).walk():
+            await discover_agent(sweep, agent_id, report, full=full, name=name)
         report.agents += 1
 
 
 async def discover_agent(
-    engine: Engine,
+    sweep: Sweep,
     agent_id: int,
     report: SweepReport,
     *,
     full: bool = False,
     name: str | None = None,
 ) -> None:
-    started = engine.clock()
-    record = await engine.store.agent(agent_id) or AgentRecord(id=agent_id, name="")
+    started = sweep.clock()
+    record = await sweep.agents.agent(agent_id) or AgentRecord(id=agent_id, name="")
     if name:
         record = replace(record, name=name)
-    reconcile = full or _reconcile_due(record, started, engine)
-    listing = await engine.api.list_conversations(
+    reconcile = full or _reconcile_due(record, started, sweep)
+    listing = await sweep.api.list_conversations(
         agent_id, newer_than=None if reconcile else record.sync_cursor
     )
     report.pages += listing.pages
     report.listed += len(listing.conversations)
-    engine.note("pages", report.pages)
-    now = engine.clock()
+    sweep.note("pages", report.pages)
+    now = sweep.clock()
     # A reconcile needs every tracked conversation (to see which vanished); an incremental
     # walk only those it listed, so its cost follows what is new, not what is tracked.
     listed_ids = None if reconcile else [c.session_id for c in listing.conversations]
-    tracked = await engine.store.conversations(agent_id, session_ids=listed_ids)
+    tracked = await sweep.conversations.conversations(agent_id, session_ids=listed_ids)
     known = {c.session_id: c for c in tracked}
-    inserts, updates, unchanged = _merge(engine, listing.conversations, known, now)
+    inserts, updates, unchanged = _merge(sweep, listing.conversations, known, now)
     gone = _vanished(listing, known, started) if reconcile else []
-    await engine.store.insert(inserts, now=now)
-    await engine.store.update(updates, now=now)
-    await engine.store.touch(agent_id, unchanged, now=now)
+    await sweep.conversations.insert(inserts, now=now)
+    await sweep.conversations.update(updates, now=now)
+    await sweep.conversations.touch(agent_id, unchanged, now=now)
     for conversation in gone:
-        await engine.store.set_state(agent_id, conversation.session_id, State.GONE, now=now)
+        await sweep.conversations.set_state(agent_id, conversation.session_id, State.GONE, now=now)
     report.new += len(inserts)
     report.gone += len(gone)
     if gone:
@@ -102,18 +99,18 @@ async def discover_agent(
     ids = [c.id for c in listing.conversations]
     record = replace(record, sync_cursor=max([record.sync_cursor or 0, *ids]) or None)
     if reconcile:
-        record = await _with_platform_settings(engine, replace(record, last_full_sync_at=now))
-    await engine.store.save_agent(record, now=now)
+        record = await _with_platform_settings(sweep, replace(record, last_full_sync_at=now))
+    await sweep.agents.save_agent(record, now=now)
 
 
-def _reconcile_due(record: AgentRecord, now: datetime, engine: Engine) -> bool:
+def _reconcile_due(record: AgentRecord, now: datetime, sweep: Sweep) -> bool:
     if record.sync_cursor is None or record.last_full_sync_at is None:
         return True
-    return now - record.last_full_sync_at >= engine.options.reconcile_every
+    return now - record.last_full_sync_at >= sweep.options.reconcile_every
 
 
 def _merge(
-    engine: Engine,
+    sweep: Sweep,
     listed: tuple[Conversation, ...],
     known: dict[str, TrackedConversation],
     now: datetime,
@@ -136,7 +133,7 @@ def _merge(
                 state=State.ACTIVE,
                 first_seen=now,
             )
-            inserts.append(engine.evaluate(fresh, now))
+            inserts.append(sweep.evaluate(fresh, now))
             continue
         merged = replace(
             current,
@@ -156,7 +153,7 @@ def _merge(
             )
             merged = replace(merged, state=State.ACTIVE, finished_at=None)
         if merged != current:
-            updates.append(engine.evaluate(merged, now))
+            updates.append(sweep.evaluate(merged, now))
         else:
             unchanged.append(current.session_id)
     return inserts, updates, unchanged
@@ -179,16 +176,16 @@ def _vanished(
     ]
 
 
-async def _with_platform_settings(engine: Engine, record: AgentRecord) -> AgentRecord:
+async def _with_platform_settings(sweep: Sweep, record: AgentRecord) -> AgentRecord:
     """Read the platform's own retention (one call) and say where it cuts in before a policy."""
     try:
-        settings = await engine.api.agent_settings(record.id)
+        settings = await sweep.api.agent_settings(record.id)
     except ApiError as exc:
         logger.warning(
             "agent %d: could not read the platform's retention setting: %s", record.id, exc
         )
         return record
-    _warn_about_platform(engine, settings)
+    _warn_about_platform(sweep, settings)
     return replace(
         record,
         platform_retention_period=settings.retention_period,
@@ -196,11 +193,11 @@ async def _with_platform_settings(engine: Engine, record: AgentRecord) -> AgentR
     )
 
 
-def _warn_about_platform(engine: Engine, settings: AgentSettings) -> None:
+def _warn_about_platform(sweep: Sweep, settings: AgentSettings) -> None:
     limit = settings.platform_max_age
     if limit is None:
         return
-    for policy in engine.rules.policies:
+    for policy in sweep.rules.policies:
         applies = policy.agents is None or settings.agent_id in policy.agents
         if applies and policy.max_age > limit:
             logger.warning(

@@ -20,45 +20,43 @@ from datetime import timedelta
 from pathlib import Path
 
 from retention import tracking
-from retention.commands import open_runtime
-from retention.config import load_config
-from retention.engine import Engine
+from retention.config import load_config, to_duration
 from retention.models import TrackedConversation
-from retention.timefmt import parse_duration
+from retention.runtime import open_runtime
+from retention.sweep import ConversationRepository, Sweep
 
 
 class Retention:
     """Create and track conversations with TTLs of their own; ask why one is kept."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, sweep: Sweep, conversations: ConversationRepository) -> None:
+        self._sweep = sweep
+        self._conversations = conversations
 
     async def create(
         self, agent_id: int, name: str, *, ttl: str | timedelta | None = None
     ) -> TrackedConversation:
         """Create a conversation through the API (one call) and track it."""
-        return await tracking.create(self._engine, agent_id=agent_id, name=name, ttl=_ttl(ttl))
+        return await tracking.create(self._sweep, agent_id=agent_id, name=name, ttl=_ttl(ttl))
 
     async def track(
         self, agent_id: int, session_id: str, *, ttl: str | timedelta | None = None
     ) -> TrackedConversation:
         """Register an existing conversation (one call, which also proves it exists)."""
         return await tracking.track(
-            self._engine, agent_id=agent_id, session_id=session_id, ttl=_ttl(ttl)
+            self._sweep, agent_id=agent_id, session_id=session_id, ttl=_ttl(ttl)
         )
 
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None:
         """What the store knows of a conversation: facts, rule, due time and reason."""
-        return await self._engine.store.get(agent_id, session_id)
+        return await self._conversations.get(agent_id, session_id)
 
 
 @asynccontextmanager
 async def connect(config: str | os.PathLike[str]) -> AsyncIterator[Retention]:
     async with open_runtime(load_config(Path(config))) as runtime:
-        yield Retention(runtime.engine)
+        yield Retention(runtime.sweep, runtime.store)
 
 
 def _ttl(value: str | timedelta | None) -> timedelta | None:
-    if value is None or isinstance(value, timedelta):
-        return value
-    return parse_duration(value)
+    return None if value is None else to_duration(value)

@@ -1,42 +1,32 @@
 """The store's records and figures: the audit trail, the sweep log, and per-agent counts.
 
-A mixin of :class:`retention.store.Store`, which gives it its engine and translates errors.
+:class:`retention.store.Store` owns one :class:`Journal` (``store.journal``) on the same
+:class:`retention.database.Database`, which translates errors.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retention.models import AuditRecord, State, SweepReport
-from retention.schema import audit, audit_from_row, conversations, sweeps
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStatus:
-    """``retention status`` figures for one agent."""
-
-    agent_id: int
-    tracked: int
-    due: int
-    overdue: int
-    held: int
-    deleted_24h: int
-    grace: int = 0  # due, but waiting out a policy change's grace
+from retention.database import Database
+from retention.models import AgentStatus, AuditRecord, State, SweepRecord, SweepReport
+from retention.schema import audit, audit_from_row, conversations, sweep_from_row, sweeps
 
 
 class Journal:
-    engine: AsyncEngine
+    """The audit trail, the sweep log and the figures ``status`` and ``/metrics`` show."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # ---- audit -------------------------------------------------------------------------------
 
     async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None:
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(
                 insert(audit).values(
                     at=record.at,
@@ -59,14 +49,14 @@ class Journal:
             query = query.where(audit.c.agent_id == agent_id)
         if session_id is not None:
             query = query.where(audit.c.session_id == session_id)
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = (await conn.execute(query.order_by(audit.c.id))).all()
         return [audit_from_row(r._mapping) for r in rows]
 
     # ---- sweeps ------------------------------------------------------------------------------
 
     async def start_sweep(self, report: SweepReport) -> int:
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(
                 insert(sweeps).values(
                     kind=report.kind, dry_run=report.dry_run, started_at=report.started_at
@@ -76,7 +66,7 @@ class Journal:
         return int(key[0]) if key else 0
 
     async def finish_sweep(self, sweep_id: int, report: SweepReport) -> None:
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(
                 update(sweeps)
                 .where(sweeps.c.id == sweep_id)
@@ -95,10 +85,12 @@ class Journal:
                 )
             )
 
-    async def last_sweeps(self, limit: int = 10) -> list[dict[str, Any]]:
+    async def last_sweeps(self, limit: int = 10) -> list[SweepRecord]:
+        """The newest sweeps first."""
         query = select(sweeps).order_by(sweeps.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [sweep_from_row(r._mapping) for r in rows]
 
     # ---- figures -----------------------------------------------------------------------------
 
@@ -123,7 +115,7 @@ class Journal:
             .group_by(c.c.agent_id)
             .order_by(c.c.agent_id)
         )
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [AgentStatus(int(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
 

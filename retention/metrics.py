@@ -16,8 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from retention.budget import CallStats, RequestBudget
-from retention.journal import AgentStatus
-from retention.models import SweepReport
+from retention.models import AgentStatus, SweepReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -189,6 +189,9 @@ class TrackedConversation:
     rule: str | None = None
     reason: str | None = None
     provisional: bool = False
+    # What the deciding policy said when it decided, kept so nothing looks it up by name again.
+    dry_run: bool = False  # the deciding policy says dry_run = true
+    age_from: AgeFrom | None = None  # the deciding policy's clock (None: not a policy)
     attempts: int = 0
     last_error: str | None = None
     dry_run_noted_at: datetime | None = None
@@ -217,6 +220,58 @@ class TrackedConversation:
             ttl=self.ttl,
             ttl_from=self.ttl_from,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    """One conversation that is due (``plan`` and the admin API show these)."""
+
+    agent_id: int
+    session_id: str
+    name: str
+    rule: str | None
+    due_at: datetime
+    age: timedelta
+    reason: str
+    dry_run: bool
+    state: State
+    grace_until: datetime | None = None  # waiting out a policy change's grace until then
+    retry_at: datetime | None = None  # a DELETE failed; the next attempt waits until then
+    unconfirmed: bool = False  # a last-activity rule whose newest message was not read
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """``retention status`` figures for one agent."""
+
+    agent_id: int
+    tracked: int
+    due: int
+    overdue: int
+    held: int
+    deleted_24h: int
+    grace: int = 0  # due, but waiting out a policy change's grace
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRecord:
+    """One sweep as the store's sweep log keeps it (``retention status`` shows the last few)."""
+
+    id: int
+    kind: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None
+    ok: bool | None  # None: still running, or killed before it could say
+    listed: int
+    new: int
+    due: int
+    deleted: int
+    already_gone: int
+    failed: int
+    api_calls: int
+    calls_by_kind: dict[str, int]
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ Precedence (DESIGN.md section 4):
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,28 @@ class Hold(Matcher):
         if any(g.match(facts.name) for g in self._globs):
             return True
         return self._regex is not None and self._regex.search(facts.name) is not None
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The policies and holds in force, in file order: what :func:`decide` weighs."""
+
+    policies: tuple[Policy, ...] = ()
+    holds: tuple[Hold, ...] = ()
+
+    def decide(self, facts: ConversationFacts, now: datetime) -> Decision:
+        return decide(facts, policies=self.policies, holds=self.holds, now=now)
+
+    def fingerprint(self, *, dry_run: bool) -> str:
+        """Changes whenever the rules (or the global dry-run) change: re-evaluate then."""
+        text = repr((self.policies, self.holds, dry_run))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def agents_in_scope(self) -> frozenset[int] | None:
+        """The agents discovery must cover; None means every agent of the account."""
+        if any(p.agents is None for p in self.policies):
+            return None
+        return frozenset(a for p in self.policies for a in (p.agents or ()))
 
 
 def validate_rules(policies: Sequence[Policy], holds: Sequence[Hold] = ()) -> None:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from retention.config import Settings, load_config
-from retention.engine import Engine, Rules
+from retention.engine import Engine
 from retention.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -50,15 +50,15 @@ class ConfigWatcher:
                     why,
                     ", ".join(changed),
                 )
-            policies, holds = fresh.rules()
-            reevaluated = await self.engine.set_rules(Rules(policies, holds))
+            rules = fresh.rules()
+            reevaluated = await self.engine.set_rules(rules)
             self.settings = fresh
             logger.info(
                 "config reload (%s): %d policies and %d holds in force; %d conversations "
                 "re-evaluated",
                 why,
-                len(policies),
-                len(holds),
+                len(rules.policies),
+                len(rules.holds),
                 reevaluated,
             )
             return True

@@ -9,9 +9,17 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from retention.engine import PlanItem
-from retention.journal import AgentStatus
-from retention.models import AgentRecord, AuditRecord, SweepReport, TrackedConversation
+from retention.config import Settings
+from retention.models import (
+    AgentRecord,
+    AgentStatus,
+    AuditRecord,
+    PlanItem,
+    SweepRecord,
+    SweepReport,
+    TrackedConversation,
+)
+from retention.policy import Hold, Policy
 from retention.timefmt import format_duration
 
 
@@ -114,20 +122,20 @@ def _platform(agent: AgentRecord | None) -> str:
     return agent.platform_retention_period
 
 
-def sweeps_lines(sweeps: Sequence[dict[str, Any]], *, out: TextIO) -> None:
+def sweeps_lines(sweeps: Sequence[SweepRecord], *, out: TextIO) -> None:
     """The last sweeps, newest first, one line each."""
     if not sweeps:
         print("no sweep yet", file=out)
         return
     print("last sweeps:", file=out)
     for sweep in sweeps:
-        result = {True: "ok", False: "FAILED", None: "running"}[sweep["ok"]]
+        result = {True: "ok", False: "FAILED", None: "running"}[sweep.ok]
         line = (
-            f"  {stamp(sweep['started_at'])} {sweep['kind']:<8} {result:<7} "
-            f"deleted={sweep['deleted']} failed={sweep['failed']} api_calls={sweep['api_calls']}"
+            f"  {stamp(sweep.started_at)} {sweep.kind:<8} {result:<7} "
+            f"deleted={sweep.deleted} failed={sweep.failed} api_calls={sweep.api_calls}"
         )
-        if sweep["error"]:
-            line += f" error={sweep['error']}"
+        if sweep.error:
+            line += f" error={sweep.error}"
         print(line, file=out)
 
 
@@ -170,3 +178,49 @@ def audit_json(record: AuditRecord) -> dict[str, Any]:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+def schedule_line(settings: Settings) -> str:
+    s = settings.schedule
+    discover = f"cron '{s.discover_cron}'" if s.discover_cron else format_duration(s.discover_every)
+    delete = f"cron '{s.delete_cron}'" if s.delete_cron else format_duration(s.delete_every)
+    return (
+        f"discover every {discover}, delete every {delete}, "
+        f"reconcile every {format_duration(s.reconcile_every)}"
+    )
+
+
+def _agents_text(agents: frozenset[int] | None) -> str:
+    return "all agents" if agents is None else "agents " + ", ".join(map(str, sorted(agents)))
+
+
+def _names_text(globs: tuple[str, ...], regex: str | None) -> str:
+    parts = []
+    if globs:
+        parts.append("names " + " | ".join(globs))
+    if regex is not None:
+        parts.append(f"name ~ /{regex}/")
+    return ", ".join(parts)
+
+
+def describe_policy(policy: Policy) -> str:
+    bits = [f"{policy.name!r}: {_agents_text(policy.agents)}"]
+    if names := _names_text(policy.name_matches, policy.name_regex):
+        bits.append(names)
+    if policy.user_type is not None:
+        bits.append(f"by {policy.user_type.value}")
+    if policy.origins is not None:
+        bits.append("origin " + "/".join(sorted(o.value for o in policy.origins)))
+    bits.append(f"max_age {format_duration(policy.max_age)} from {policy.age_from.value}")
+    if policy.dry_run:
+        bits.append("dry-run")
+    return ", ".join(bits)
+
+
+def describe_hold(hold: Hold) -> str:
+    bits = [f"{hold.name!r}: {_agents_text(hold.agents)}"]
+    if hold.session_ids:
+        bits.append(f"{len(hold.session_ids)} session id(s)")
+    if names := _names_text(hold.name_matches, hold.name_regex):
+        bits.append(names)
+    return ", ".join(bits)

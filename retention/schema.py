@@ -5,6 +5,7 @@ A test compares the migrated database with this metadata, so the two cannot drif
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,11 +26,13 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 from retention.models import (
+    AgeFrom,
     AgentRecord,
     AuditOutcome,
     AuditRecord,
     Origin,
     State,
+    SweepRecord,
     TrackedConversation,
 )
 
@@ -88,6 +91,8 @@ conversations = Table(
     Column("rule", String(255), nullable=True),
     Column("reason", Text, nullable=True),
     Column("provisional", Boolean, nullable=False, server_default="0"),
+    Column("dry_run", Boolean, nullable=False, server_default="0"),
+    Column("age_from", String(16), nullable=True),
     Column("state", String(16), nullable=False, server_default="active"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
@@ -170,6 +175,8 @@ def conversation_row(c: TrackedConversation) -> dict[str, Any]:
         "rule": c.rule,
         "reason": c.reason,
         "provisional": c.provisional,
+        "dry_run": c.dry_run,
+        "age_from": c.age_from.value if c.age_from is not None else None,
         "state": c.state.value,
         "attempts": c.attempts,
         "last_error": c.last_error,
@@ -200,6 +207,8 @@ def conversation_from_row(m: Any) -> TrackedConversation:
         rule=m["rule"],
         reason=m["reason"],
         provisional=bool(m["provisional"]),
+        dry_run=bool(m["dry_run"]),
+        age_from=AgeFrom(m["age_from"]) if m["age_from"] else None,
         attempts=m["attempts"],
         last_error=m["last_error"],
         dry_run_noted_at=m["dry_run_noted_at"],
@@ -231,4 +240,25 @@ def audit_from_row(m: Any) -> AuditRecord:
         age=timedelta(seconds=m["age_seconds"]),
         outcome=AuditOutcome(m["outcome"]),
         detail=m["detail"],
+    )
+
+
+def sweep_from_row(m: Any) -> SweepRecord:
+    calls = json.loads(m["calls_by_kind"]) if m["calls_by_kind"] else {}
+    return SweepRecord(
+        id=m["id"],
+        kind=m["kind"],
+        dry_run=bool(m["dry_run"]),
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        ok=None if m["ok"] is None else bool(m["ok"]),
+        listed=m["listed"],
+        new=m["new"],
+        due=m["due"],
+        deleted=m["deleted"],
+        already_gone=m["already_gone"],
+        failed=m["failed"],
+        api_calls=m["api_calls"],
+        calls_by_kind={str(k): int(v) for k, v in calls.items()},
+        error=m["error"],
     )

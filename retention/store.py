@@ -7,35 +7,19 @@ changes; :meth:`Store.open` applies pending ones.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    bindparam,
-    event,
-    insert,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.engine import make_url
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from retention.database import Database
 from retention.errors import StoreError
 from retention.journal import Journal
 from retention.migrate import current_revision, upgrade_to_head
-from retention.models import (
-    AgentRecord,
-    Origin,
-    State,
-    TrackedConversation,
-)
+from retention.models import AgentRecord, Origin, State, TrackedConversation
 from retention.schema import (
     agent_from_row,
     agents,
@@ -46,73 +30,39 @@ from retention.schema import (
 )
 
 logger = logging.getLogger(__name__)
-BUSY_TIMEOUT_MS = 5000
 
 
-def _make_parent(database: str) -> None:
-    try:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create the folder for {database!r}: {exc.strerror}") from None
-
-
-def _translated(cls: type[Store]) -> type[Store]:
-    """SQLAlchemy's exceptions stop here: every public coroutine raises StoreError instead."""
-    for name, method in inspect.getmembers(cls, inspect.iscoroutinefunction):
-        if name.startswith("_"):
-            continue
-
-        @functools.wraps(method)
-        async def wrapper(*args: Any, __method: Any = method, **kwargs: Any) -> Any:
-            try:
-                return await __method(*args, **kwargs)
-            except SQLAlchemyError as exc:
-                cause = getattr(exc, "orig", None) or exc
-                raise StoreError(f"{__method.__name__}: {type(cause).__name__}: {cause}") from exc
-
-        setattr(cls, name, wrapper)
-    return cls
-
-
-@_translated
-class Store(Journal):
+class Store:
     """All reads and writes of the local database. Build it with :meth:`open`.
 
-    The audit trail, the sweep records and the figures come from :class:`Journal`.
+    The audit trail, the sweep log and the figures are its :attr:`journal`'s.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.journal = Journal(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect (creating a SQLite file and its folder on first use) and migrate to head."""
-        try:
-            parsed = make_url(url)
-        except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it
-            raise StoreError(f"invalid store URL: {exc}") from None
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            _make_parent(parsed.database)
-        try:
-            engine = create_async_engine(url)
-        except Exception as exc:  # an unknown driver is an ImportError or a NoSuchModuleError
-            raise StoreError(f"cannot use store URL: {exc}") from None
-        if parsed.get_backend_name() == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
+        store = cls(Database.open(url))
         if migrate:
-            await store.upgrade()
+            try:
+                await store.upgrade()
+            except BaseException:
+                await store.close()
+                raise
         return store
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.db.close()
 
     # ---- schema ------------------------------------------------------------------------------
 
     async def upgrade(self) -> tuple[str | None, str | None]:
         """Apply pending migrations; returns (revision before, revision after)."""
         try:
-            async with self.engine.begin() as conn:
+            async with self.db.bind.begin() as conn:
                 before = await conn.run_sync(current_revision)
                 await conn.run_sync(upgrade_to_head)
                 after = await conn.run_sync(current_revision)
@@ -123,13 +73,13 @@ class Store(Journal):
         return before, after
 
     async def revision(self) -> str | None:
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             return await conn.run_sync(current_revision)
 
     # ---- agents ------------------------------------------------------------------------------
 
     async def agent(self, agent_id: int) -> AgentRecord | None:
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
         return agent_from_row(row._mapping) if row else None
 
@@ -142,7 +92,7 @@ class Store(Journal):
             "platform_retention_days": record.platform_retention_days,
             "last_seen": now,
         }
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(
                 update(agents).where(agents.c.id == record.id).values(**values)
             )
@@ -164,7 +114,7 @@ class Store(Journal):
         if states is not None:
             query = query.where(conversations.c.state.in_([s.value for s in states]))
         keys = list(session_ids) if session_ids is not None else None
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             if keys is None:
                 rows = (await conn.execute(query.order_by(conversations.c.id))).all()
             else:  # in chunks: SQLite caps the number of bound parameters
@@ -186,14 +136,14 @@ class Store(Journal):
             )
             .distinct()
         )
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             return {int(r[0]) for r in (await conn.execute(query)).all()}
 
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None:
         query = select(conversations).where(
             conversations.c.agent_id == agent_id, conversations.c.session_id == session_id
         )
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             row = (await conn.execute(query)).first()
         return conversation_from_row(row._mapping) if row else None
 
@@ -204,7 +154,7 @@ class Store(Journal):
             {**conversation_row(c), "first_seen": c.first_seen or now, "last_seen": now}
             for c in items
         ]
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(insert(conversations), rows)
 
     async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None:
@@ -224,7 +174,7 @@ class Store(Journal):
             )
             .values({name: bindparam(name) for name in rows[0] if not name.startswith("k_")})
         )
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(statement, rows)
 
     async def save_decisions(self, items: Sequence[TrackedConversation]) -> None:
@@ -255,7 +205,7 @@ class Store(Journal):
                 | {"dry_run_noted_at": bindparam("noted")}
             )
         )
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(statement, rows)
 
     async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None:
@@ -271,7 +221,7 @@ class Store(Journal):
             )
             .values(last_seen=now)
         )
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(statement, [{"k_session": k} for k in keys])
 
     async def due(
@@ -298,7 +248,7 @@ class Store(Journal):
         if not include_waiting:
             for until in (conversations.c.grace_until, conversations.c.retry_at):
                 due = due.where(or_(until.is_(None), until <= now))
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             first = (await conn.execute(unfinished.limit(limit))).all()
             rest = (
                 await conn.execute(
@@ -330,7 +280,7 @@ class Store(Journal):
             .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
             .values(**values)
         )
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(statement)
 
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None:
@@ -339,27 +289,18 @@ class Store(Journal):
             .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
             .values(dry_run_noted_at=now)
         )
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(statement)
 
     # ---- meta --------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             row = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).first()
         return str(row[0]) if row else None
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(update(meta).where(meta.c.key == key).values(value=value))
             if result.rowcount == 0:
                 await conn.execute(insert(meta).values(key=key, value=value))
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

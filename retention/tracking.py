@@ -10,41 +10,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from retention.models import Conversation, Origin, State, TrackedConversation
-
-if TYPE_CHECKING:
-    from retention.engine import Engine
+from retention.sweep import Sweep
 
 
 async def create(
-    engine: Engine, *, agent_id: int, name: str, ttl: timedelta | None
+    sweep: Sweep, *, agent_id: int, name: str, ttl: timedelta | None
 ) -> TrackedConversation:
     """Create a conversation through the API and track it (with ``ttl``, if given)."""
-    remote = await engine.api.create_conversation(agent_id, name)
-    return await _keep(engine, remote, origin=Origin.CREATED, ttl=ttl)
+    remote = await sweep.api.create_conversation(agent_id, name)
+    return await _keep(sweep, remote, origin=Origin.CREATED, ttl=ttl)
 
 
 async def track(
-    engine: Engine, *, agent_id: int, session_id: str, ttl: timedelta | None
+    sweep: Sweep, *, agent_id: int, session_id: str, ttl: timedelta | None
 ) -> TrackedConversation:
     """Register an existing conversation (it must exist: NotFoundError otherwise)."""
-    remote, newest = await engine.api.conversation_info(agent_id, session_id)
-    seen = {"last_activity_at": newest or remote.created_at, "activity_checked_at": engine.clock()}
-    return await _keep(engine, remote, origin=Origin.REGISTERED, ttl=ttl, extra=seen)
+    remote, newest = await sweep.api.conversation_info(agent_id, session_id)
+    seen = {"last_activity_at": newest or remote.created_at, "activity_checked_at": sweep.clock()}
+    return await _keep(sweep, remote, origin=Origin.REGISTERED, ttl=ttl, extra=seen)
 
 
 async def _keep(
-    engine: Engine,
+    sweep: Sweep,
     remote: Conversation,
     *,
     origin: Origin,
     ttl: timedelta | None,
     extra: Mapping[str, object] | None = None,
 ) -> TrackedConversation:
-    now = engine.clock()
-    known = await engine.store.get(remote.agent_id, remote.session_id)
+    now = sweep.clock()
+    known = await sweep.conversations.get(remote.agent_id, remote.session_id)
     facts = {
         "remote_id": remote.id,
         "name": remote.name,
@@ -64,14 +61,14 @@ async def _keep(
             first_seen=now,
             **facts,  # type: ignore[arg-type]
         )
-        record = engine.evaluate(fresh, now)
-        await engine.store.insert([record], now=now)
+        record = sweep.evaluate(fresh, now)
+        await sweep.conversations.insert([record], now=now)
         return record
     if known.origin is Origin.DISCOVERED:
         facts["origin"] = origin
     if known.state in (State.DELETED, State.GONE):
         facts["state"] = State.ACTIVE
         facts["finished_at"] = None
-    record = engine.evaluate(replace(known, **facts), now)  # type: ignore[arg-type]
-    await engine.store.update([record], now=now)
+    record = sweep.evaluate(replace(known, **facts), now)  # type: ignore[arg-type]
+    await sweep.conversations.update([record], now=now)
     return record

@@ -10,7 +10,8 @@
 
 Changing endpoints always need ``Authorization: Bearer <admin token>``; without an admin token
 configured they are off. When one is configured, the /v1 read endpoints need it too. The server
-refuses to listen beyond loopback without one.
+refuses to listen beyond loopback without one. One middleware enforces this for every /v1 route;
+the handlers find what they need under the application key :data:`CONTEXT`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from retention import render, tracking
-from retention.config import parse_listen
+from retention.config import Duration, parse_listen
 from retention.daemon import Health
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
@@ -36,7 +37,6 @@ from retention.metrics import CONTENT_TYPE, Metrics
 from retention.migrate import head_revision
 from retention.models import TrackedConversation
 from retention.store import Store
-from retention.timefmt import parse_duration
 from retention.validation import first_error, problem_text
 
 logger = logging.getLogger(__name__)
@@ -48,17 +48,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_id: int = Field(gt=0)
-    ttl: str | None = None
-
-    @field_validator("ttl")
-    @classmethod
-    def _check_ttl(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
-
-    def ttl_delta(self) -> timedelta | None:
-        return parse_duration(self.ttl) if self.ttl is not None else None
+    ttl: Duration | None = None  # the config's duration type: "2h", "30d", "1d12h"
 
 
 class CreateBody(_Body):
@@ -89,15 +79,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+CONTEXT = web.AppKey("context", AdminContext)
+
+
 def build_app(ctx: AdminContext) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors, _admin_auth])
+    app[CONTEXT] = ctx
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _bind(ctx, _readyz))
-    app.router.add_get("/metrics", _bind(ctx, _metrics))
-    app.router.add_get("/v1/plan", _bind(ctx, _reading(ctx, _plan)))
-    app.router.add_get("/v1/conversations/{agent}/{session}", _bind(ctx, _reading(ctx, _why)))
-    app.router.add_post("/v1/conversations", _bind(ctx, _changing(ctx, _create)))
-    app.router.add_post("/v1/tracked", _bind(ctx, _changing(ctx, _track)))
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/plan", _plan)
+    app.router.add_get("/v1/conversations/{agent}/{session}", _why)
+    app.router.add_post("/v1/conversations", _create)
+    app.router.add_post("/v1/tracked", _track)
     return app
 
 
@@ -130,16 +124,6 @@ async def serve(ctx: AdminContext, listen: str) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-Endpoint = Callable[[AdminContext, web.Request], Awaitable[web.StreamResponse]]
-
-
-def _bind(ctx: AdminContext, endpoint: Endpoint) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return await endpoint(ctx, request)
-
-    return handler
-
-
 def _authorised(ctx: AdminContext, request: web.Request) -> bool:
     if ctx.admin_token is None:
         return False
@@ -148,28 +132,18 @@ def _authorised(ctx: AdminContext, request: web.Request) -> bool:
     return hmac.compare_digest(header.encode(), expected.encode())
 
 
-def _changing(ctx: AdminContext, endpoint: Endpoint) -> Endpoint:
-    async def guarded(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
-        if ctx.admin_token is None:
-            return _fail(403, "changes over HTTP are off: set RETENTION_ADMIN_TOKEN to allow them")
-        if not _authorised(ctx, request):
-            return _fail(
-                401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return await endpoint(ctx, request)
-
-    return guarded
-
-
-def _reading(ctx: AdminContext, endpoint: Endpoint) -> Endpoint:
-    async def guarded(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
-        if ctx.admin_token is not None and not _authorised(ctx, request):
-            return _fail(
-                401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return await endpoint(ctx, request)
-
-    return guarded
+@web.middleware
+async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """/v1: changes need the admin token (and are off without one); reads need it when set."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    ctx = request.app[CONTEXT]
+    changing = request.method not in ("GET", "HEAD")
+    if changing and ctx.admin_token is None:
+        return _fail(403, "changes over HTTP are off: set RETENTION_ADMIN_TOKEN to allow them")
+    if (changing or ctx.admin_token is not None) and not _authorised(ctx, request):
+        return _fail(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
 
 
 def _fail(status: int, message: str, *, field: str | None = None, **kw: Any) -> web.Response:
@@ -194,7 +168,8 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
 
-async def _readyz(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
     problems = []
     try:
         revision = await ctx.store.revision()
@@ -219,18 +194,21 @@ async def _readyz(ctx: AdminContext, request: web.Request) -> web.StreamResponse
     return web.json_response(body, status=200 if not problems else 503)
 
 
-async def _metrics(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
-    rows = await ctx.store.status(ctx.engine.clock(), overdue_after=ctx.overdue_after)
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    rows = await ctx.store.journal.status(ctx.engine.clock(), overdue_after=ctx.overdue_after)
     ctx.metrics.set_store_figures(rows)
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
-async def _plan(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+async def _plan(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
     items, report = await ctx.engine.plan(discover=False, confirm=False)
     return web.json_response(render.plan_json(items, report, now=ctx.engine.clock()))
 
 
-async def _why(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+async def _why(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
     try:
         agent_id = int(request.match_info["agent"])
     except ValueError:
@@ -240,25 +218,32 @@ async def _why(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
     if record is None:
         return _fail(404, f"conversation {session_id} of agent {agent_id} is not tracked")
     now = ctx.engine.clock()
-    trail = await ctx.store.audit_trail(agent_id, session_id)
+    trail = await ctx.store.journal.audit_trail(agent_id, session_id)
     body = render.record_json(record, now=now)
     body["audit"] = [render.audit_json(a) for a in trail]
     return web.json_response(body)
 
 
-async def _create(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+async def _create(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+
     async def act(body: CreateBody) -> TrackedConversation:
         return await tracking.create(
-            ctx.engine, agent_id=body.agent_id, name=body.name, ttl=body.ttl_delta()
+            ctx.engine.context, agent_id=body.agent_id, name=body.name, ttl=body.ttl
         )
 
     return await _record_change(ctx, request, CreateBody, act)
 
 
-async def _track(ctx: AdminContext, request: web.Request) -> web.StreamResponse:
+async def _track(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+
     async def act(body: TrackBody) -> TrackedConversation:
         return await tracking.track(
-            ctx.engine, agent_id=body.agent_id, session_id=body.session_id, ttl=body.ttl_delta()
+            ctx.engine.context,
+            agent_id=body.agent_id,
+            session_id=body.session_id,
+            ttl=body.ttl,
         )
 
     return await _record_change(ctx, request, TrackBody, act)

@@ -17,9 +17,10 @@ from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.emulator import DEFAULT_TOKEN, Emulator
 from retention.emulator.seed import EmulatorState
-from retention.engine import Engine, EngineOptions, Rules
-from retention.policy import Hold, Policy
+from retention.engine import Engine
+from retention.policy import Hold, Policy, Rules
 from retention.store import Store
+from retention.sweep import EngineOptions
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parent.parent

@@ -51,7 +51,8 @@ def test_example_file_loads_with_every_design_key() -> None:
     assert settings.schedule.reconcile_every == timedelta(hours=24)
     assert settings.safety.dry_run is False
     assert settings.admin.listen == "127.0.0.1:8080"
-    policies, holds = settings.rules()
+    rules = settings.rules()
+    policies, holds = rules.policies, rules.holds
     assert [p.name for p in policies] == ["qa-chats", "qa-tickets", "idle-anonymous"]
     assert policies[0].agents == frozenset({532}) and policies[0].max_age == timedelta(hours=1)
     assert policies[2].age_from is AgeFrom.LAST_ACTIVITY

@@ -41,7 +41,7 @@ async def test_expiry_by_created_deletes_only_matched_expired(
     assert old.session_id not in alive(emulator)
     assert {young.session_id, other.session_id} <= alive(emulator)
     assert (report.deleted, report.failed) == (1, 0)
-    trail = await store.audit_trail(532, old.session_id)
+    trail = await store.journal.audit_trail(532, old.session_id)
     assert [(a.outcome, a.rule, a.name) for a in trail] == [
         (AuditOutcome.DELETED, "test-chats", "Test old")
     ]
@@ -113,7 +113,7 @@ async def test_name_globs_holds_and_first_match_order(
     assert team.session_id in alive(emulator)
     stored = await store.get(532, held.session_id)
     assert stored is not None and (stored.state, stored.rule) == (State.HELD, "legal")
-    deleted_first = await store.audit_trail(532, first.session_id)
+    deleted_first = await store.journal.audit_trail(532, first.session_id)
     assert deleted_first[0].rule == "test-chats"
 
 
@@ -152,7 +152,7 @@ async def test_per_conversation_ttl_beats_policies_and_holds_beat_it(
     assert short.session_id not in alive(emulator), "its own TTL expired; no policy matches it"
     assert long.session_id in alive(emulator), "its TTL of 10d beats the 1h policy"
     assert held.session_id in alive(emulator)
-    assert [a.rule for a in await store.audit_trail(532, short.session_id)] == ["ttl"]
+    assert [a.rule for a in await store.journal.audit_trail(532, short.session_id)] == ["ttl"]
 
 
 async def test_second_sweep_with_nothing_new_lists_each_agent_once(
@@ -207,7 +207,7 @@ async def test_dry_run_deletes_nothing_and_audits_once(
     assert emulator.calls("DELETE") == []
     assert report.would_delete == 1 and report.deleted == 0
     await engine.sweep()
-    trail = await store.audit_trail(532, old.session_id)
+    trail = await store.journal.audit_trail(532, old.session_id)
     assert [(a.outcome, a.rule) for a in trail] == [(AuditOutcome.DRY_RUN, "test-chats")]
     stored = await store.get(532, old.session_id)
     assert stored is not None and stored.state is State.ACTIVE
@@ -222,7 +222,7 @@ async def test_policy_level_dry_run(
     old = add(emulator, "Test old", 2 * H)
     await make_engine((replace(TEST_CHATS, dry_run=True),)).sweep()
     assert old.session_id in alive(emulator)
-    assert [a.outcome for a in await store.audit_trail(532, old.session_id)] == [
+    assert [a.outcome for a in await store.journal.audit_trail(532, old.session_id)] == [
         AuditOutcome.DRY_RUN
     ]
 
@@ -313,20 +313,21 @@ async def test_failed_delete_is_counted_audited_and_retried_later(
     assert stored is not None and stored.state is State.ACTIVE and stored.last_error
     report = await engine.sweep()
     assert report.deleted == 1 and old.session_id not in alive(emulator)
-    outcomes = [a.outcome for a in await store.audit_trail(532, old.session_id)]
+    outcomes = [a.outcome for a in await store.journal.audit_trail(532, old.session_id)]
     assert outcomes == [AuditOutcome.FAILED, AuditOutcome.DELETED]
 
 
 async def test_auth_failure_stops_the_sweep(
     emulator: Emulator, make_client: ClientFactory, store: Store
 ) -> None:
-    from retention.engine import Engine, Rules
+    from retention.engine import Engine
+    from retention.policy import Rules
 
     engine = Engine(make_client(token="revoked"), store, Rules((TEST_CHATS,), ()))
     with pytest.raises(AuthError):
         await engine.sweep()
-    sweeps = await store.last_sweeps()
-    assert sweeps[0]["ok"] is False and "AuthError" in sweeps[0]["error"]
+    sweeps = await store.journal.last_sweeps()
+    assert sweeps[0].ok is False and "AuthError" in (sweeps[0].error or "")
 
 
 async def test_rule_changes_re_evaluate_what_is_stored(
@@ -380,7 +381,7 @@ async def test_policy_change_grace_holds_back_newly_caused_deletions(
     assert report.deleted == 0
     items, _ = await engine.plan(discover=False)
     assert [(i.session_id, i.grace_until is not None) for i in items] == [(chat.session_id, True)]
-    [row] = await store.status(datetime.now(UTC), overdue_after=timedelta(minutes=2))
+    [row] = await store.journal.status(datetime.now(UTC), overdue_after=timedelta(minutes=2))
     assert row.grace == 1
     await asyncio.sleep(1.6)
     report = await engine.sweep()
@@ -450,13 +451,13 @@ async def test_a_rename_seen_while_deletion_waited_for_the_walk_is_respected(
     engine = make_engine((TEST_CHATS,))
     await engine.apply_rules()  # leaving dry-run, as a sweep would first
     report = SweepReport(kind="test", started_at=datetime.now(UTC))
-    async with engine.gate(532).walk():
+    async with engine.context.gate(532).walk():
         # The deletion reads the due set, then waits for the walk to release the agent.
-        deleting = asyncio.create_task(delete_due(engine, report))
+        deleting = asyncio.create_task(delete_due(engine.context, report))
         await asyncio.sleep(0.2)
         assert report.due == 1 and not deleting.done()
         chat.name = "Customer (renamed)"
-        await discover_agent(engine, 532, report, full=True)
+        await discover_agent(engine.context, 532, report, full=True)
     await deleting
     assert chat.session_id in alive(emulator), "decided on the renamed facts, not the stale ones"
     assert emulator.calls("DELETE") == []
@@ -484,7 +485,7 @@ async def test_turning_a_policys_dry_run_off_deletes_what_it_noted(
     assert old.session_id in alive(emulator)
     await make_engine((TEST_CHATS,)).sweep()
     assert old.session_id not in alive(emulator)
-    outcomes = [a.outcome for a in await store.audit_trail(532, old.session_id)]
+    outcomes = [a.outcome for a in await store.journal.audit_trail(532, old.session_id)]
     assert outcomes == [AuditOutcome.DRY_RUN, AuditOutcome.DELETED]
 
 

@@ -44,7 +44,7 @@ def tracked(n: int, **kw: object) -> TrackedConversation:
 
 
 async def test_migrations_build_exactly_the_declared_schema(store: Store) -> None:
-    async with store.engine.connect() as conn:
+    async with store.db.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
         )
@@ -65,7 +65,7 @@ async def test_open_creates_folder_and_file_and_reopens_without_migrating(tmp_pa
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(store: Store) -> None:
-    async with store.engine.connect() as conn:
+    async with store.db.connect() as conn:
         assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
         assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 5000
 
@@ -85,7 +85,7 @@ async def test_naive_datetimes_are_refused(store: Store) -> None:
 
 
 async def test_due_set_is_read_through_the_index(store: Store) -> None:
-    async with store.engine.connect() as conn:
+    async with store.db.connect() as conn:
         plan = (
             await conn.execute(
                 text(
@@ -140,8 +140,8 @@ async def test_update_and_state_changes(store: Store) -> None:
 async def test_audit_is_kept_in_order(store: Store) -> None:
     for outcome in (AuditOutcome.FAILED, AuditOutcome.DELETED):
         record = AuditRecord(NOW, 532, "s-1", "Chat", "qa", timedelta(hours=3), outcome)
-        await store.add_audit(record)
-    trail = await store.audit_trail(532, "s-1")
+        await store.journal.add_audit(record)
+    trail = await store.journal.audit_trail(532, "s-1")
     assert [r.outcome for r in trail] == [AuditOutcome.FAILED, AuditOutcome.DELETED]
     assert trail[0].age == timedelta(hours=3)
 
@@ -159,7 +159,7 @@ async def test_status_counts_per_agent(store: Store) -> None:
         ],
         now=NOW,
     )
-    rows = await store.status(NOW, overdue_after=timedelta(minutes=2))
+    rows = await store.journal.status(NOW, overdue_after=timedelta(minutes=2))
     assert [(r.agent_id, r.tracked, r.due, r.overdue, r.held, r.deleted_24h) for r in rows] == [
         (532, 4, 2, 1, 1, 1),
         (533, 1, 0, 0, 0, 0),

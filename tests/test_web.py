@@ -36,7 +36,8 @@ def engine(make_engine: EngineFactory) -> Engine:
 
 @pytest.fixture
 def context(engine: Engine, store: Store) -> AdminContext:
-    metrics = Metrics(stats=engine.api.stats, budget=engine.api.budget)  # type: ignore[attr-defined]
+    api = engine.context.api
+    metrics = Metrics(stats=api.stats, budget=api.budget)  # type: ignore[attr-defined]
     engine.listeners.append(metrics.observe_sweep)
     return AdminContext(
         engine=engine,

@@ -1,0 +1,252 @@
+"""One account's sweep context: what discovery, deletion and tracking share, and nothing more.
+
+A :class:`Sweep` holds one account's API client, the parts of the store each half of a sweep
+needs (as the small Protocols below), the rules in force, the per-agent gates, the clock, the
+progress callback and the stopping flag. It decides one conversation with :meth:`Sweep.evaluate`.
+The engine orchestrates sweeps over it; :mod:`retention.discovery`, :mod:`retention.deletion`
+and :mod:`retention.tracking` take it as their first argument and import no engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from retention.budget import CallStats
+from retention.models import (
+    Agent,
+    AgentRecord,
+    AgentSettings,
+    AuditRecord,
+    Conversation,
+    DecisionKind,
+    DeleteOutcome,
+    Listing,
+    State,
+    SweepReport,
+    TrackedConversation,
+)
+from retention.policy import Rules
+
+Progress = Callable[[str, int], None]  # ("pages" | "deletions", how many so far)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Api(Protocol):
+    """What a sweep needs from the CustomGPT client."""
+
+    stats: CallStats
+
+    async def list_agents(self) -> list[Agent]: ...
+    async def list_conversations(
+        self, agent_id: int, *, newer_than: int | None = None
+    ) -> Listing: ...
+    async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome: ...
+    async def last_activity(self, agent_id: int, session_id: str) -> datetime | None: ...
+    async def agent_settings(self, agent_id: int) -> AgentSettings: ...
+    async def create_conversation(self, agent_id: int, name: str) -> Conversation: ...
+    async def conversation_info(
+        self, agent_id: int, session_id: str
+    ) -> tuple[Conversation, datetime | None]: ...
+
+
+class AgentRepository(Protocol):
+    """Discovery's memory of each agent: its sync cursor, last reconcile, platform setting."""
+
+    async def agent(self, agent_id: int) -> AgentRecord | None: ...
+    async def save_agent(self, record: AgentRecord, *, now: datetime) -> None: ...
+
+
+class ConversationRepository(Protocol):
+    """Tracked conversations: their facts, decisions and states."""
+
+    async def conversations(
+        self,
+        agent_id: int | None = None,
+        *,
+        states: Iterable[State] | None = None,
+        session_ids: Iterable[str] | None = None,
+    ) -> list[TrackedConversation]: ...
+    async def requested_agents(self) -> set[int]: ...
+    async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None: ...
+    async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
+    async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
+    async def save_decisions(self, items: Sequence[TrackedConversation]) -> None: ...
+    async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None: ...
+    async def due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        skip_dry_run_noted: bool = False,
+        include_waiting: bool = False,
+    ) -> list[TrackedConversation]: ...
+    async def set_state(
+        self,
+        agent_id: int,
+        session_id: str,
+        state: State,
+        *,
+        now: datetime,
+        error: str | None = None,
+        count_attempt: bool = False,
+        retry_at: datetime | None = None,
+    ) -> None: ...
+    async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None: ...
+
+
+class SweepJournal(Protocol):
+    """The audit trail and the sweep log: what was done, and by which sweep."""
+
+    async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None: ...
+    async def start_sweep(self, report: SweepReport) -> int: ...
+    async def finish_sweep(self, sweep_id: int, report: SweepReport) -> None: ...
+
+
+class MetaRepository(Protocol):
+    """Small named values the engine keeps between runs (the rules' fingerprint)."""
+
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+
+class Repository(AgentRepository, ConversationRepository, MetaRepository, Protocol):
+    """The whole store as the engine is handed it; each part of a sweep sees one narrow side."""
+
+    @property
+    def journal(self) -> SweepJournal: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    dry_run: bool = False
+    reconcile_every: timedelta = timedelta(hours=24)
+    delete_concurrency: int = 4
+    delete_batch: int = 500  # at most this many deletions per sweep; the rest wait their turn
+    activity_fresh: timedelta = timedelta(minutes=1)  # a newest-message time this recent is used
+    policy_change_grace: timedelta = timedelta(0)  # deletions a rules change newly causes wait
+    # After a failed DELETE, wait this long before the next, doubling per attempt up to an hour:
+    # a conversation the API keeps refusing must not eat the request budget every minute.
+    retry_backoff: timedelta = timedelta(minutes=1)
+
+
+class AgentGate:
+    """Walks of one agent's list exclude its deletions; deletions share the gate among them.
+
+    A waiting walk goes first, so a long run of deletions cannot keep discovery out. Offset
+    pagination is why: a deletion on a page already read pulls the rest up, and the walk would
+    silently skip items.
+    """
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._walking = False
+        self._walks_waiting = 0
+        self._deleting = 0
+
+    @asynccontextmanager
+    async def walk(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._walks_waiting += 1
+            try:
+                await self._changed.wait_for(lambda: not self._walking and not self._deleting)
+            finally:
+                self._walks_waiting -= 1
+            self._walking = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._walking = False
+                self._changed.notify_all()
+
+    @asynccontextmanager
+    async def delete(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._walking and not self._walks_waiting)
+            self._deleting += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._deleting -= 1
+                self._changed.notify_all()
+
+
+@dataclass(eq=False, kw_only=True)
+class Sweep:
+    """One account's sweep: its API, the store's sides it needs, the rules in force, gates."""
+
+    api: Api
+    conversations: ConversationRepository
+    agents: AgentRepository
+    journal: SweepJournal
+    rules: Rules  # replaced as a whole when a reload puts new rules in force
+    options: EngineOptions = EngineOptions()
+    clock: Clock = utc_now
+    progress: Progress | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _gates: dict[int, AgentGate] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def over(
+        cls,
+        api: Api,
+        store: Repository,
+        rules: Rules,
+        *,
+        options: EngineOptions = EngineOptions(),
+        clock: Clock = utc_now,
+        progress: Progress | None = None,
+    ) -> Sweep:
+        """A sweep on one store: every side of it comes from the same database."""
+        return cls(
+            api=api,
+            conversations=store,
+            agents=store,
+            journal=store.journal,
+            rules=rules,
+            options=options,
+            clock=clock,
+            progress=progress,
+        )
+
+    def gate(self, agent_id: int) -> AgentGate:
+        return self._gates.setdefault(agent_id, AgentGate())
+
+    def evaluate(self, conversation: TrackedConversation, now: datetime) -> TrackedConversation:
+        """Apply the rules in force to one conversation; its state follows holds.
+
+        The decision is kept whole (due time, rule, reason, the policy's dry-run flag and
+        clock), so nothing downstream looks a policy up by name again.
+        """
+        decision = self.rules.decide(conversation.facts(), now)
+        state = conversation.state
+        if state in (State.ACTIVE, State.HELD):
+            state = State.HELD if decision.kind is DecisionKind.HELD else State.ACTIVE
+        return replace(
+            conversation,
+            state=state,
+            due_at=decision.due_at,
+            rule=decision.rule,
+            reason=decision.reason,
+            provisional=decision.provisional,
+            dry_run=decision.dry_run,
+            age_from=decision.age_from,
+        )
+
+    def dry_run(self, conversation: TrackedConversation) -> bool:
+        """Whether acting on this conversation only says what it would do."""
+        return self.options.dry_run or conversation.dry_run
+
+    def note(self, event: str, count: int) -> None:
+        if self.progress is not None:
+            self.progress(event, count)
