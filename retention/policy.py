@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import re2
+
 from retention.models import (
     AgeFrom,
     ConversationFacts,
@@ -30,7 +32,24 @@ from retention.timefmt import format_duration
 
 ALL_AGENTS = "*"
 TTL_RULE = "ttl"  # the rule name recorded when a per-conversation TTL decides
-BROAD_MAX_AGE = timedelta(hours=1)
+BROAD_MAX_AGE = timedelta(days=1)  # a policy on everything that acts this fast needs confirming
+# Names a matcher must accept to count as accepting every name: varied in case, script, length
+# and punctuation. (No empty name: a glob such as "?*" must not slip through on it.)
+PROBE_NAMES = (
+    "a",
+    "Z",
+    "0",
+    " ",
+    "\n",
+    "Test chat",
+    "QA-12 smoke",
+    "LEGAL hold 2026",
+    "Ünïcødé ✓ 会话",
+    "-_/.()[]*?",
+    "x" * 300,
+)
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is reported once, by us, not on stderr too
 
 
 class RuleError(ValueError):
@@ -69,11 +88,20 @@ def _brackets_balanced(pattern: str) -> bool:
     return True
 
 
-def compile_regex(pattern: str) -> re.Pattern[str]:
+def compile_regex(pattern: str) -> re2._Regexp[str]:
+    """RE2 syntax, matched in time linear in the name: no pattern can freeze the daemon.
+
+    RE2 has no backreferences and no lookaround; such a pattern is refused here, by name.
+    """
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else "not valid"
+        problem = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+        raise ValueError(
+            f"invalid regex {pattern!r}: {problem} (regexes run on RE2, in linear time: "
+            "no backreferences or lookaround)"
+        ) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +112,7 @@ class Matcher:
     name_matches: tuple[str, ...] = ()
     name_regex: str | None = None
     _globs: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
-    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _regex: re2._Regexp[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_globs", tuple(compile_glob(g) for g in self.name_matches))
@@ -98,6 +126,11 @@ class Matcher:
         if self._globs and not any(g.match(name) for g in self._globs):
             return False
         return self._regex is None or self._regex.search(name) is not None
+
+    @property
+    def accepts_every_name(self) -> bool:
+        """No name matcher, or only ones such as ``*``, ``""`` or ``.*`` that let any name by."""
+        return all(self.accepts_name(name) for name in PROBE_NAMES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,15 +155,19 @@ class Policy(Matcher):
 
     @property
     def is_broad(self) -> bool:
-        """Every conversation of every agent, and quickly: the shape of a typo that costs data."""
-        narrowed = (
-            self.agents is not None
-            or self.name_matches
-            or self.name_regex is not None
-            or self.user_type is not None
-            or self.origins is not None
+        """Every conversation of every agent, and quickly: the shape of a typo that costs data.
+
+        Judged on what the matchers accept, not on which keys are set: ``name_matches = ["*"]``,
+        ``name_regex = ".*"`` or all three origins narrow nothing.
+        """
+        every_origin = self.origins is None or self.origins >= frozenset(Origin)
+        return (
+            self.agents is None
+            and self.accepts_every_name
+            and self.user_type is None
+            and every_origin
+            and self.max_age <= BROAD_MAX_AGE
         )
-        return not narrowed and self.max_age < BROAD_MAX_AGE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,9 +235,9 @@ def validate_rules(policies: Sequence[Policy], holds: Sequence[Hold] = ()) -> No
                 index,
                 policy.name,
                 "confirm_broad",
-                f"applies to every conversation of every agent with max_age "
-                f"{format_duration(policy.max_age)} (under 1h); narrow it or set "
-                "confirm_broad = true",
+                f"applies to every conversation of every agent (any name, creator and origin) "
+                f"with max_age {format_duration(policy.max_age)} (1 day or less); narrow it or "
+                "set confirm_broad = true",
             )
 
 

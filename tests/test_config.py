@@ -113,6 +113,77 @@ def test_broad_policy_needs_confirmation(tmp_path: Path) -> None:
     load_config(write(tmp_path, text + "confirm_broad = true\n"))
 
 
+EVERYWHERE = '[[policies]]\nname = "all"\nagents = "*"\n'
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        'max_age = "10m"',
+        'max_age = "1h"',  # exactly an hour: the old check missed it
+        'max_age = "1d"',  # a day or less is broad
+        'name_matches = ["*"]\nmax_age = "2h"',
+        'name_matches = ["Test*", "*"]\nmax_age = "2h"',  # any glob letting every name by
+        'name_regex = ""\nmax_age = "2h"',
+        'name_regex = ".*"\nmax_age = "2h"',
+        'name_regex = "x*"\nmax_age = "2h"',  # matches the empty string: searches succeed
+        'name_regex = "(?s).*"\nname_matches = ["**"]\nmax_age = "2h"',
+        'origins = ["created", "registered", "discovered"]\nmax_age = "2h"',
+        'user_type = "any"\nmax_age = "2h"',
+    ],
+)
+def test_every_broad_form_needs_confirmation(tmp_path: Path, lines: str) -> None:
+    text = EVERYWHERE + lines + "\n"
+    message = error_of(write(tmp_path, text))
+    assert "policies[0] 'all': confirm_broad: applies to every conversation" in message
+    assert "1 day or less" in message
+    load_config(write(tmp_path, text + "confirm_broad = true\n"))
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        'max_age = "1d1s"',  # slower than a day
+        'agents = [532]\nmax_age = "10m"',
+        'name_matches = ["Test*"]\nmax_age = "10m"',
+        'name_matches = ["?*x"]\nmax_age = "10m"',
+        'name_regex = "^QA-\\\\d+"\nmax_age = "10m"',
+        'name_regex = "^$"\nmax_age = "10m"',
+        'origins = ["created", "registered"]\nmax_age = "10m"',
+        'user_type = "anonymous"\nmax_age = "10m"',
+    ],
+)
+def test_narrowed_or_slow_policies_are_not_broad(tmp_path: Path, lines: str) -> None:
+    text = EVERYWHERE.replace('agents = "*"\n', "") + lines + "\n"
+    if "agents =" not in lines:
+        text = text.replace('name = "all"\n', 'name = "all"\nagents = "*"\n')
+    load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("regex", "problem"),
+    [
+        ("(a)\\\\1", "invalid escape sequence"),  # a backreference
+        ("(?=x)y", "invalid perl operator"),  # lookahead
+        ("(unclosed", "missing )"),
+    ],
+)
+def test_a_regex_re2_cannot_run_is_refused_by_name(
+    tmp_path: Path, regex: str, problem: str
+) -> None:
+    message = error_of(write(tmp_path, MINIMAL + f'name_regex = "{regex}"\n'))
+    assert message.startswith(f"{tmp_path / 'retention.toml'}: policies[0] 'qa-chats': name_regex:")
+    assert problem in message and "RE2" in message
+
+
+def test_a_catastrophic_regex_matches_in_linear_time(tmp_path: Path) -> None:
+    # With a backtracking engine this search takes longer than the test's timeout.
+    text = MINIMAL.replace('name_matches = ["Test*"]', 'name_regex = "^(a+)+$"')
+    [policy] = load_config(write(tmp_path, text)).rules().policies
+    assert not policy.accepts_name("a" * 100_000 + "!")
+    assert policy.accepts_name("a" * 100_000)
+
+
 def test_duplicate_policy_names_are_rejected(tmp_path: Path) -> None:
     text = MINIMAL + '\n[[policies]]\nname = "QA-chats"\nagents = "*"\nmax_age = "2d"\n'
     assert "policies[1] 'QA-chats': name: duplicate of policies[0] 'qa-chats'" in error_of(

@@ -232,7 +232,7 @@ def test_validation_names_the_rule_by_index_and_name(
     "policy",
     [
         Policy(name="all", agents=None, max_age=timedelta(minutes=30), confirm_broad=True),
-        Policy(name="all", agents=None, max_age=H),  # an hour is not "under 1 hour"
+        Policy(name="all", agents=None, max_age=24 * H + timedelta(seconds=1)),  # over a day
         Policy(name="some", agents=frozenset({1}), max_age=timedelta(minutes=5)),
         Policy(name="named", agents=None, name_matches=("x*",), max_age=timedelta(minutes=5)),
     ],
