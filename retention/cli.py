@@ -17,7 +17,7 @@ from pathlib import Path
 
 from retention import __version__, commands, logs
 from retention.commands import EXIT_FAILURE, EXIT_USAGE
-from retention.config import Settings, config_path, load_config, to_duration
+from retention.config import Settings, config_path, is_agent_id, load_config, to_duration
 from retention.errors import ConfigError, RetentionError
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "policy; a hold still wins.",
     )
     _config_option(create)
-    create.add_argument("--agent", type=int, required=True, help="agent (project) id")
+    create.add_argument("--agent", type=_agent_id, required=True, help="agent (project) id")
     create.add_argument("--name", required=True, help="the conversation's name")
     _record_options(create)
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exists). Its TTL beats every policy; a hold still wins.",
     )
     _config_option(track)
-    track.add_argument("--agent", type=int, required=True, help="agent (project) id")
+    track.add_argument("--agent", type=_agent_id, required=True, help="agent (project) id")
     track.add_argument("--session", required=True, help="the conversation's session_id")
     _record_options(track)
 
@@ -158,6 +158,13 @@ def _ttl(args: argparse.Namespace) -> timedelta | None:
         return to_duration(args.ttl)
     except ValueError as exc:
         raise ConfigError(str(exc), key="--ttl") from None
+
+
+def _agent_id(text: str) -> int:
+    value = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
+    if not is_agent_id(value):
+        raise argparse.ArgumentTypeError(f"not an agent id (a positive 64-bit integer): {text!r}")
+    return value
 
 
 def _output(args: argparse.Namespace) -> str:

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StrictInt,
     ValidationError,
     field_validator,
 )
@@ -39,7 +40,7 @@ from retention.policy import (
     compile_regex,
     validate_rules,
 )
-from retention.timefmt import parse_duration
+from retention.timefmt import format_duration, parse_duration
 from retention.validation import readable_error
 
 CONFIG_ENV = "RETENTION_CONFIG"
@@ -49,15 +50,41 @@ ENV_PREFIX = "RETENTION_"
 DEFAULT_BASE_URL = "https://app.customgpt.ai/api/v1/"
 
 
+MAX_DURATION = timedelta(days=365 * 100)  # past this, date arithmetic overflows soon enough
+MIN_INTERVAL = timedelta(seconds=1)  # schedule intervals: no busy loop
+
+
 def _duration(value: object) -> object:
+    shown = repr(value) if isinstance(value, str) else None
     if isinstance(value, str):
-        return parse_duration(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            value = parse_duration(value)
+        except OverflowError:
+            value = MAX_DURATION * 2
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         raise ValueError(f"write durations with a unit, e.g. '{value}s' or '{value}m'")
+    if isinstance(value, timedelta) and value > MAX_DURATION:
+        shown = shown or format_duration(value)
+        raise ValueError(f"duration {shown} is too long: at most 100 years")
+    return value
+
+
+def _interval(value: object) -> object:
+    value = _duration(value)
+    if isinstance(value, timedelta) and value < MIN_INTERVAL:
+        raise ValueError(f"interval {format_duration(value)} is too short: at least 1s")
     return value
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Interval = Annotated[timedelta, BeforeValidator(_interval)]
+# Agent ids as the API and the store hold them: positive, within 64 signed bits, never a bool.
+MAX_AGENT_ID = 2**63 - 1
+AgentId = Annotated[StrictInt, Field(gt=0, le=MAX_AGENT_ID)]
+
+
+def is_agent_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_AGENT_ID
 
 
 def to_duration(value: str | timedelta) -> timedelta:
@@ -125,11 +152,11 @@ class StoreSettings(_Section):
 
 
 class ScheduleSettings(_Section):
-    discover_every: Duration = timedelta(minutes=15)
+    discover_every: Interval = timedelta(minutes=15)
     discover_cron: Annotated[str | None, BeforeValidator(_cron)] = None
-    delete_every: Duration = timedelta(minutes=1)
+    delete_every: Interval = timedelta(minutes=1)
     delete_cron: Annotated[str | None, BeforeValidator(_cron)] = None
-    reconcile_every: Duration = timedelta(hours=24)
+    reconcile_every: Interval = timedelta(hours=24)
     watch_config: bool = True  # reload policies and holds when the config file changes
 
 
@@ -161,15 +188,15 @@ def _agents(value: object) -> object:
     """``"*"``, one agent id, or a non-empty list of ids; anything else is explained."""
     if value == ALL_AGENTS:
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_agent_id(value):
         return [value]
     if isinstance(value, list) and not value:
         raise ValueError(f'an empty list matches no agent; use "{ALL_AGENTS}" for every agent')
-    if isinstance(value, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    if isinstance(value, list) and all(is_agent_id(v) for v in value):
         return value
-    raise ValueError(f'must be "{ALL_AGENTS}" or a list of agent ids (integers), got {value!r}')
+    raise ValueError(
+        f'must be "{ALL_AGENTS}" or a list of agent ids (positive 64-bit integers), got {value!r}'
+    )
 
 
 Agents = Annotated[Literal["*"] | list[int], BeforeValidator(_agents)]

@@ -29,7 +29,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from retention import render, tracking
-from retention.config import Duration, parse_listen
+from retention.config import AgentId, Duration, is_agent_id, parse_listen
 from retention.daemon import Health
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
@@ -47,7 +47,7 @@ B = TypeVar("B", bound="_Body")
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agent_id: int = Field(gt=0)
+    agent_id: AgentId
     ttl: Duration | None = None  # the config's duration type: "2h", "30d", "1d12h"
 
 
@@ -209,10 +209,10 @@ async def _plan(request: web.Request) -> web.StreamResponse:
 
 async def _why(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    try:
-        agent_id = int(request.match_info["agent"])
-    except ValueError:
-        return _fail(400, "agent must be an integer", field="agent")
+    text = request.match_info["agent"]
+    agent_id = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
+    if not is_agent_id(agent_id):
+        return _fail(400, "agent must be a positive 64-bit integer", field="agent")
     session_id = request.match_info["session"]
     record = await ctx.store.get(agent_id, session_id)
     if record is None:

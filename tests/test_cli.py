@@ -49,6 +49,10 @@ def test_check_reads_retention_config_from_env(
             "policies[0] 'qa': max_age: invalid duration '3 parsecs'",
         ),
         ("[api]\nrequests_per_minute = 60\ncolour = 'blue'\n", "api.colour: unknown key"),
+        (
+            '[[policies]]\nname = "qa"\nagents = [1]\nmax_age = "99999999999w"\n',
+            "policies[0] 'qa': max_age: duration '99999999999w' is too long",
+        ),
     ],
 )
 def test_check_rejects_bad_config_with_one_line(
@@ -63,6 +67,23 @@ def test_check_rejects_bad_config_with_one_line(
     assert len(lines) == 1
     assert lines[0].startswith(f"retention: error: {path}: ")
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create", "--agent", str(2**70), "--name", "x"],
+        ["create", "--agent", "true", "--name", "x"],
+        ["track", "--agent", "0", "--session", "s"],
+    ],
+)
+def test_an_agent_id_out_of_range_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "not an agent id (a positive 64-bit integer)" in capsys.readouterr().err
 
 
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

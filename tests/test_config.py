@@ -184,6 +184,37 @@ def test_a_catastrophic_regex_matches_in_linear_time(tmp_path: Path) -> None:
     assert policy.accepts_name("a" * 100_000)
 
 
+@pytest.mark.parametrize(
+    ("replacement", "expected"),
+    [
+        # Overflowed timedelta: a traceback before; now one line.
+        ('max_age = "99999999999w"', "max_age: duration '99999999999w' is too long"),
+        # Passed check before, then crashed every sweep.
+        ('max_age = "100000000w"', "max_age: duration '100000000w' is too long"),
+        ('max_age = "5300w"', "max_age: duration '5300w' is too long: at most 100 years"),
+        (
+            'max_age = "1h"\n[schedule]\ndelete_every = "0.2s"',
+            "schedule.delete_every: interval 0s is too short: at least 1s",
+        ),
+        (
+            'max_age = "1h"\n[schedule]\ndiscover_every = "500000w"',
+            "schedule.discover_every: duration",
+        ),
+        ("agents = [true]", 'agents: must be "*" or a list of agent ids'),
+        (f"agents = [{2**63}]", 'agents: must be "*" or a list of agent ids'),
+        ("agents = [0]", 'agents: must be "*" or a list of agent ids'),
+    ],
+)
+def test_durations_and_ids_are_bounded(tmp_path: Path, replacement: str, expected: str) -> None:
+    text = (
+        MINIMAL.replace('max_age = "1h"', replacement)
+        if "max_age" in replacement
+        else (MINIMAL.replace("agents = [532]", replacement))
+    )
+    message = error_of(write(tmp_path, text))
+    assert expected in message, message
+
+
 def test_duplicate_policy_names_are_rejected(tmp_path: Path) -> None:
     text = MINIMAL + '\n[[policies]]\nname = "QA-chats"\nagents = "*"\nmax_age = "2d"\n'
     assert "policies[1] 'QA-chats': name: duplicate of policies[0] 'qa-chats'" in error_of(

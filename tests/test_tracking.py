@@ -142,12 +142,22 @@ async def test_track_of_an_unknown_conversation_fails_clearly(
     assert "retention: failed: messages: GET" in capsys.readouterr().err
 
 
-async def test_a_bad_ttl_is_a_usage_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("ttl", "problem"),
+    [
+        ("soon", "--ttl: invalid duration 'soon'"),
+        ("99999999999w", "--ttl: duration '99999999999w' is too long"),
+    ],
+)
+async def test_a_bad_ttl_is_a_usage_error(
+    config: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str], ttl: str, problem: str
+) -> None:
     code = await cli(
-        "create", "--config", str(config), "--agent", "532", "--name", "x", "--ttl", "soon"
+        "create", "--config", str(config), "--agent", "532", "--name", "x", "--ttl", ttl
     )
     assert code == 2
-    assert "--ttl: invalid duration 'soon'" in capsys.readouterr().err
+    assert problem in capsys.readouterr().err
+    assert emulator.calls("POST") == [], "nothing is created upstream"
 
 
 async def test_python_api_creates_tracks_and_a_hold_still_wins(

@@ -153,6 +153,20 @@ async def test_track_registers_an_existing_conversation(
         ),
         ({"agent_id": 532, "name": "x", "ttl": "2 parsecs"}, "ttl", "ttl: invalid duration"),
         ({"agent_id": 532, "name": "x", "ttl": "0s"}, "ttl", "ttl: duration '0s' must be greater"),
+        ({"agent_id": True, "name": "x"}, "agent_id", "agent_id: Input should be a valid integer"),
+        ({"agent_id": 2**70, "name": "x"}, "agent_id", "agent_id: Input should be less than"),
+        ({"agent_id": 0, "name": "x"}, "agent_id", "agent_id: Input should be greater than 0"),
+        (
+            {"agent_id": 532, "name": "x", "ttl": "99999999999w"},
+            "ttl",
+            "ttl: duration '99999999999w' is too long: at most 100 years",
+        ),
+        (
+            {"agent_id": 532, "name": "x", "ttl": "5300w"},
+            "ttl",
+            "ttl: duration '5300w' is too long",
+        ),
+        ({"agent_id": 532, "name": "x", "ttl": 3600}, "ttl", "ttl: write durations with a unit"),
         ({"agent_id": 532, "name": ""}, "name", "name: String should have at least 1 character"),
         ({"agent_id": 532, "name": "x", "colour": "red"}, "colour", "colour: unknown field"),
     ],
@@ -227,6 +241,16 @@ async def test_why_view_shows_facts_rule_due_time_and_audit(
     assert why["rule"] is None and why["reason"] == "no policy matches: kept" and why["audit"] == []
     status, _ = await call(http, "GET", f"{admin}/v1/conversations/532/nope", headers=AUTH)
     assert status == 404
+
+
+@pytest.mark.parametrize("agent", [str(2**70), "99999999999999999999999", "0", "-1", "²", "x"])
+async def test_why_view_refuses_an_agent_id_out_of_range(
+    http: aiohttp.ClientSession, admin: str, agent: str
+) -> None:
+    status, error = await call(
+        http, "GET", f"{admin}/v1/conversations/{agent}/some-session", headers=AUTH
+    )
+    assert status == 400 and error["field"] == "agent"
 
 
 async def test_plan_endpoint_reads_the_store_without_api_calls(
