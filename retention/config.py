@@ -61,7 +61,9 @@ def _duration(value: object) -> object:
             value = parse_duration(value)
         except OverflowError:
             value = MAX_DURATION * 2
-    elif isinstance(value, int | float) and not isinstance(value, bool):
+    elif isinstance(value, bool):  # pydantic would read true as one second
+        raise ValueError(f"expected a duration such as '2h', got {str(value).lower()}")
+    elif isinstance(value, int | float):
         raise ValueError(f"write durations with a unit, e.g. '{value}s' or '{value}m'")
     if isinstance(value, timedelta) and value > MAX_DURATION:
         shown = shown or format_duration(value)
@@ -162,7 +164,11 @@ class ScheduleSettings(_Section):
 
 class SafetySettings(_Section):
     dry_run: bool = False
-    policy_change_grace: Annotated[timedelta, BeforeValidator(_duration_or_zero)] = timedelta(0)
+    # Deletions a rules change newly causes (a hold gone, a due time moved sooner) wait this long:
+    # time to notice and revert a bad or half-written edit before it costs data.
+    policy_change_grace: Annotated[timedelta, BeforeValidator(_duration_or_zero)] = timedelta(
+        hours=1
+    )
 
 
 class AdminSettings(_Section):
@@ -336,15 +342,18 @@ def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
     return Path(chosen)
 
 
-def load_config(path: Path) -> Settings:
+def load_config(path: Path, *, content: bytes | None = None) -> Settings:
     """Read, validate and return the configuration, or raise one readable ConfigError.
 
-    Env variables (``RETENTION_<SECTION>__<KEY>``, ``CUSTOMGPT_API_TOKEN``) come from os.environ.
+    ``content`` is the file's bytes when the caller has read them already (live reload reads
+    the file until it has settled, then parses exactly what it read). Env variables
+    (``RETENTION_<SECTION>__<KEY>``, ``CUSTOMGPT_API_TOKEN``) come from os.environ.
     """
     env = os.environ
     source = str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes() if content is None else content
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError("file not found", source=source) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -86,7 +86,8 @@ class Engine:
         if previous == fingerprint:
             return 0
         now = self.clock()
-        grace_until = now + context.options.policy_change_grace
+        grace = context.options.policy_change_grace
+        grace_until = now + grace
         # A conversation mid-delete is decided again by the deletion itself, just before it acts.
         live = await self.store.conversations(states=(State.ACTIVE, State.HELD))
         changed = []
@@ -102,10 +103,16 @@ class Engine:
             sooner = after.due_at is not None and (
                 before.due_at is None or after.due_at < before.due_at
             )
-            if previous is not None and sooner and after.due_at < grace_until:  # type: ignore[operator]
-                after = replace(after, grace_until=grace_until)
+            newly_due = sooner and after.due_at < grace_until  # type: ignore[operator]
+            if previous is not None and grace and newly_due:
+                after = replace(after, grace_until=max(grace_until, before.grace_until or now))
                 waiting += 1
-            elif not sooner:
+            elif after.due_at is None or (
+                before.due_at is not None and after.due_at > before.due_at
+            ):
+                # Due later than before, or never: nothing is left for a grace to hold back.
+                # A due time that did not move keeps its grace: an unrelated edit (or a
+                # re-decision after an upgrade) must not release what an earlier edit held.
                 after = replace(after, grace_until=None)
             if after != before:
                 changed.append(after)

@@ -1,8 +1,11 @@
 """Live reload of policies and holds: on SIGHUP, or when the config file's content changes.
 
-A reload that fails validation changes nothing: one log line names the problem and the rules
-in force stay. Other sections (api, store, schedule, admin, log) take effect at the next start;
-a reload that changes them says so.
+Either way the file is read until it has settled (the same bytes twice, ``settle`` seconds
+apart), and exactly those bytes are parsed: an editor or a script caught mid-write is never
+loaded. A reload that fails validation changes nothing: one log line names the problem and the
+rules in force stay. Other sections (api, store, schedule, admin, log) take effect at the next
+start; a reload that changes them says so. A valid half of an edit can still settle (a slow
+writer): the policy change grace keeps what it would newly delete.
 """
 
 from __future__ import annotations
@@ -22,20 +25,40 @@ RESTART_SECTIONS = ("api", "store", "schedule", "admin", "log")
 
 class ConfigWatcher:
     def __init__(
-        self, path: Path, engine: Engine, settings: Settings, *, every: float = 2.0
+        self,
+        path: Path,
+        engine: Engine,
+        settings: Settings,
+        *,
+        every: float = 2.0,
+        settle: float = 1.0,
+        settle_tries: int = 30,
     ) -> None:
         self.path = path
         self.engine = engine
         self.settings = settings
         self.every = every
-        self._digest = _digest(path)
+        self.settle = settle
+        self.settle_tries = settle_tries
+        self._digest = _digest(_read(path))
         self._lock = asyncio.Lock()
 
     async def reload(self, why: str = "SIGHUP") -> bool:
-        """Load the file again; put its rules in force when valid. True when they were."""
+        """Load the settled file; put its rules in force when valid. True when they were."""
         async with self._lock:
+            content = await self._settled()
+            if content is None:
+                logger.error(
+                    "config reload (%s) rejected, the rules in force stay: %s kept changing "
+                    "(or could not be read) for %.0fs",
+                    why,
+                    self.path,
+                    self.settle * self.settle_tries,
+                )
+                return False
+            self._digest = _digest(content)
             try:
-                fresh = await asyncio.to_thread(load_config, self.path)
+                fresh = await asyncio.to_thread(load_config, self.path, content=content)
             except ConfigError as exc:
                 logger.error("config reload (%s) rejected, the rules in force stay: %s", why, exc)
                 return False
@@ -67,14 +90,28 @@ class ConfigWatcher:
         """Poll the file's content (robust to editors' renames and ConfigMap symlink swaps)."""
         while True:
             await asyncio.sleep(self.every)
-            digest = await asyncio.to_thread(_digest, self.path)
+            digest = _digest(await asyncio.to_thread(_read, self.path))
             if digest is not None and digest != self._digest:
-                self._digest = digest
                 await self.reload("file changed")
 
+    async def _settled(self) -> bytes | None:
+        """The file's bytes once two reads ``settle`` seconds apart agree; None if they never do."""
+        before = await asyncio.to_thread(_read, self.path)
+        for _ in range(self.settle_tries):
+            await asyncio.sleep(self.settle)
+            after = await asyncio.to_thread(_read, self.path)
+            if after is not None and after == before:
+                return after
+            before = after
+        return None
 
-def _digest(path: Path) -> str | None:
+
+def _read(path: Path) -> bytes | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return path.read_bytes()
     except OSError:
         return None  # mid-replace, or briefly gone: look again next time
+
+
+def _digest(content: bytes | None) -> str | None:
+    return hashlib.sha256(content).hexdigest() if content is not None else None

@@ -184,7 +184,16 @@ class Store:
         """
         if not items:
             return
-        columns = ("due_at", "rule", "reason", "provisional", "state", "grace_until")
+        columns = (
+            "due_at",
+            "rule",
+            "reason",
+            "provisional",
+            "dry_run",
+            "age_from",
+            "state",
+            "grace_until",
+        )
         rows = []
         for c in items:
             row = {name: value for name, value in conversation_row(c).items() if name in columns}

@@ -135,8 +135,8 @@ def _authorised(ctx: AdminContext, request: web.Request) -> bool:
 @web.middleware
 async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """/v1: changes need the admin token (and are off without one); reads need it when set."""
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
+    if not request.path.startswith("/v1/") or request.match_info.http_exception is not None:
+        return await handler(request)  # not /v1, or no such route or method: 404 and 405 first
     ctx = request.app[CONTEXT]
     changing = request.method not in ("GET", "HEAD")
     if changing and ctx.admin_token is None:

@@ -200,6 +200,7 @@ def test_a_catastrophic_regex_matches_in_linear_time(tmp_path: Path) -> None:
             'max_age = "1h"\n[schedule]\ndiscover_every = "500000w"',
             "schedule.discover_every: duration",
         ),
+        ("max_age = true", "max_age: expected a duration such as '2h', got true"),
         ("agents = [true]", 'agents: must be "*" or a list of agent ids'),
         (f"agents = [{2**63}]", 'agents: must be "*" or a list of agent ids'),
         ("agents = [0]", 'agents: must be "*" or a list of agent ids'),

@@ -401,6 +401,54 @@ async def test_reverting_an_edit_within_the_grace_costs_nothing(
     assert emulator.calls("DELETE") == []
 
 
+async def test_an_unrelated_edit_or_a_redecision_keeps_a_running_grace(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    chat = add(emulator, "Chat about refunds", 3 * H)
+    grace = timedelta(minutes=10)
+    await make_engine((TEST_CHATS,), policy_change_grace=grace).sweep()
+    widened = replace(TEST_CHATS, name_matches=("Test*", "Chat*"))
+    await make_engine((widened,), policy_change_grace=grace).sweep()
+    waiting = await store.get(532, chat.session_id)
+    assert waiting is not None and waiting.grace_until is not None
+    # A hold that matches nothing changes the fingerprint, not this conversation's due time.
+    unrelated = Hold(name="nothing", name_matches=("No such name*",))
+    await make_engine((widened,), (unrelated,), policy_change_grace=grace).sweep()
+    # As does the fingerprint reset of an upgrade (migration 0004): everything is re-decided.
+    await store.set_meta("rules_fingerprint", "reset by 0004")
+    await make_engine((widened,), (unrelated,), policy_change_grace=grace).sweep()
+    kept = await store.get(532, chat.session_id)
+    assert kept is not None and kept.grace_until == waiting.grace_until
+    assert chat.session_id in alive(emulator) and emulator.calls("DELETE") == []
+
+
+async def test_stored_decisions_carry_the_policy_flags_after_a_rules_change(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    chat = add(emulator, "Test idle", 10 * H)
+    await make_engine((replace(TEST_CHATS, max_age=100 * H),)).sweep()
+    stored = await store.get(532, chat.session_id)
+    assert stored is not None and (stored.dry_run, stored.age_from) == (False, AgeFrom.CREATED)
+    idle = replace(TEST_CHATS, max_age=100 * H, dry_run=True, age_from=AgeFrom.LAST_ACTIVITY)
+    await make_engine((idle,)).apply_rules()
+    stored = await store.get(532, chat.session_id)
+    assert stored is not None and (stored.dry_run, stored.age_from) == (
+        True,
+        AgeFrom.LAST_ACTIVITY,
+    )
+
+
+async def test_without_a_grace_an_edit_deletes_at_once_and_says_nothing_of_grace(
+    emulator: Emulator, make_engine: EngineFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat = add(emulator, "Chat about refunds", 3 * H)
+    await make_engine((TEST_CHATS,)).sweep()
+    widened = replace(TEST_CHATS, name_matches=("Test*", "Chat*"))
+    report = await make_engine((widened,), policy_change_grace=timedelta(0)).sweep()
+    assert report.deleted == 1 and chat.session_id not in alive(emulator)
+    assert "grace" not in caplog.text
+
+
 async def test_the_first_rules_a_store_sees_get_no_grace(
     emulator: Emulator, make_engine: EngineFactory
 ) -> None:

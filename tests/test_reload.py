@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from retention.config import load_config
 from retention.emulator import Emulator
+from retention.reload import ConfigWatcher
 
+from .conftest import EngineFactory
 from .daemon_process import start, stop, wait_for
 
 BASE = """
@@ -22,7 +26,8 @@ delete_every = "1s"
 watch_config = {watch}
 [admin]
 listen = ""
-"""
+{safety}"""
+NO_GRACE = '[safety]\npolicy_change_grace = "0"\n'
 POLICY = """
 [[policies]]
 name = "chats"
@@ -43,14 +48,18 @@ async def test_bad_edit_is_rejected_and_a_good_edit_applies_without_restart(
         532, "Temp chat", created_at=datetime.now(UTC) - timedelta(hours=2)
     )
     async with emulator.serve() as url:
-        base = BASE.format(url=url, db=tmp_path / "r.db", watch="true")
+        base = BASE.format(url=url, db=tmp_path / "r.db", watch="true", safety=NO_GRACE)
         config = tmp_path / "retention.toml"
         write(config, base, globs='["Test*"]', max_age="1h")
         process = await start(config, "run", env={"CUSTOMGPT_API_TOKEN": "emulator-token"})
         try:
             await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1)
             write(config, base, globs='["Test*", "Temp*"]', max_age="3 parsecs")
-            await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 5, within=20)
+            # The watcher polls every 2s and reads until the file settles (1s): give it 6s.
+            listed = len(emulator.calls("GET", "*/conversations"))
+            await wait_for(
+                lambda: len(emulator.calls("GET", "*/conversations")) >= listed + 6, within=20
+            )
             assert temp.session_id in emulator.live_sessions(532), "the bad edit changed nothing"
             write(config, base, globs='["Test*", "Temp*"]', max_age="1h")
             await wait_for(lambda: temp.session_id not in emulator.live_sessions(532), within=20)
@@ -70,7 +79,7 @@ async def test_sighup_reloads_when_watching_is_off(emulator: Emulator, tmp_path:
         532, "Temp chat", created_at=datetime.now(UTC) - timedelta(hours=2)
     )
     async with emulator.serve() as url:
-        base = BASE.format(url=url, db=tmp_path / "r.db", watch="false")
+        base = BASE.format(url=url, db=tmp_path / "r.db", watch="false", safety=NO_GRACE)
         config = tmp_path / "retention.toml"
         write(config, base, globs='["Test*"]', max_age="1h")
         process = await start(config, "run", env={"CUSTOMGPT_API_TOKEN": "emulator-token"})
@@ -85,3 +94,65 @@ async def test_sighup_reloads_when_watching_is_off(emulator: Emulator, tmp_path:
             code, output = await stop(process)
     assert code == 0
     assert "config reload (SIGHUP)" in output
+
+
+HOLD = """
+[[holds]]
+name = "legal"
+name_matches = ["LEGAL*"]
+"""
+
+
+async def test_a_config_written_in_two_halves_deletes_nothing_held(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The first half (valid, without the holds) settles and loads; the default grace keeps
+    every conversation it un-holds until the second half restores the hold."""
+    old = datetime.now(UTC) - timedelta(hours=2)
+    held = [emulator.state.add_conversation(532, f"LEGAL {n}", created_at=old) for n in range(40)]
+    temp = emulator.state.add_conversation(532, "Temp chat", created_at=old)
+    async with emulator.serve() as url:
+        base = BASE.format(url=url, db=tmp_path / "r.db", watch="true", safety="")
+        policy = POLICY.format(globs='["*"]', max_age="1h")
+        config = tmp_path / "retention.toml"
+        config.write_text(base + policy + HOLD, encoding="utf-8")
+        process = await start(config, "run", env={"CUSTOMGPT_API_TOKEN": "emulator-token"})
+        try:
+            await wait_for(lambda: temp.session_id not in emulator.live_sessions(532))
+            config.write_text(base + policy, encoding="utf-8")  # the first half...
+            await asyncio.sleep(4)
+            config.write_text(base + policy + HOLD, encoding="utf-8")  # ...and the rest
+            listed = len(emulator.calls("GET", "*/conversations"))
+            await wait_for(
+                lambda: len(emulator.calls("GET", "*/conversations")) >= listed + 4, within=20
+            )
+        finally:
+            code, output = await stop(process)
+    assert code == 0
+    alive = emulator.live_sessions(532)
+    assert [c.name for c in held if c.session_id not in alive] == [], "no held one deleted"
+    assert "config reload (file changed): 1 policies and 0 holds in force" in output
+    assert "40 conversations newly due wait out the policy change grace" in output
+    assert "config reload (file changed): 1 policies and 1 holds in force" in output
+    assert emulator.calls("DELETE") and len(emulator.calls("DELETE")) == 1
+
+
+async def test_reload_waits_for_the_file_to_settle_and_parses_what_it_read(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "retention.toml"
+    first = '[[policies]]\nname = "a"\nagents = [532]\nmax_age = "1h"\n'
+    config.write_text(first, encoding="utf-8")
+    watcher = ConfigWatcher(config, make_engine(), load_config(config), settle=0.3)
+    final = first.replace('"a"', '"settled"')
+
+    async def writer() -> None:  # a slow writer: half-written, then whole, many times over
+        for n in range(8):
+            config.write_text(final[: len(final) // 2] if n % 2 else final + f"# {n}\n")
+            await asyncio.sleep(0.1)
+        config.write_text(final, encoding="utf-8")
+
+    writing = asyncio.create_task(writer())
+    assert await watcher.reload("test")
+    await writing
+    assert [p.name for p in watcher.engine.rules.policies] == ["settled"]

@@ -167,6 +167,9 @@ async def test_track_registers_an_existing_conversation(
             "ttl: duration '5300w' is too long",
         ),
         ({"agent_id": 532, "name": "x", "ttl": 3600}, "ttl", "ttl: write durations with a unit"),
+        # pydantic alone would read these as 0s and 1s: a conversation deleted at once.
+        ({"agent_id": 532, "name": "x", "ttl": False}, "ttl", "ttl: expected a duration"),
+        ({"agent_id": 532, "name": "x", "ttl": True}, "ttl", "ttl: expected a duration"),
         ({"agent_id": 532, "name": ""}, "name", "name: String should have at least 1 character"),
         ({"agent_id": 532, "name": "x", "colour": "red"}, "colour", "colour: unknown field"),
     ],
@@ -203,6 +206,20 @@ async def test_changes_need_the_admin_token(
         assert status == 401
     assert (await call(http, "GET", admin + "/v1/plan"))[0] == 401
     assert emulator.calls("POST") == []
+
+
+@pytest.mark.parametrize("token", [True, False])
+async def test_unknown_routes_and_methods_are_404_and_405_before_auth(
+    http: aiohttp.ClientSession, context: AdminContext, token: bool
+) -> None:
+    if not token:
+        context.admin_token = None
+    async with serve(context, "127.0.0.1:0") as url:
+        assert (await call(http, "GET", url + "/v1/nothing-here"))[0] == 404
+        assert (await call(http, "POST", url + "/v1/nothing-here"))[0] == 404
+        assert (await call(http, "POST", url + "/v1/plan"))[0] == 405
+        assert (await call(http, "GET", url + "/v1/conversations"))[0] == 405
+        assert (await call(http, "OPTIONS", url + "/v1/plan"))[0] == 405
 
 
 async def test_without_an_admin_token_changes_are_off(
