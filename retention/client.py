@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from retention import __version__, payloads
 from retention.budget import CallStats, RequestBudget, retry_after_seconds
+from retention.clocks import Clock, ClockReading, utc_now
 from retention.errors import (
     ApiError,
     AuthError,
@@ -62,6 +63,7 @@ class CustomGPTClient:
         connect_timeout: timedelta = timedelta(seconds=10),
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        clock: Clock = utc_now,
     ) -> None:
         self._session = session
         self._base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -70,6 +72,8 @@ class CustomGPTClient:
         self.stats = stats if stats is not None else CallStats()
         self._max_attempts = max_attempts
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._clock = clock
+        self._clock_reading: ClockReading | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=request_timeout.total_seconds(), connect=connect_timeout.total_seconds()
         )
@@ -78,6 +82,14 @@ class CustomGPTClient:
 
     def __repr__(self) -> str:
         return f"CustomGPTClient(base_url={self._base_url!r})"
+
+    @property
+    def clock_reading(self) -> ClockReading | None:
+        """Our clock and the server's ``Date`` on the latest response that had one, or None.
+
+        Every response counts, errors and 429s too; the most recent one wins.
+        """
+        return self._clock_reading
 
     # ---- the calls -------------------------------------------------------------------------
 
@@ -290,6 +302,7 @@ class CustomGPTClient:
                 ) as response:
                     body = await response.read()
                     status, headers = response.status, response.headers
+                    received = self._clock()
             except TimeoutError:
                 self.stats.record(kind, "timeout")
                 raise TransientApiError(
@@ -300,6 +313,9 @@ class CustomGPTClient:
                 raise TransientApiError(
                     f"connection failed ({type(exc).__name__})", **where
                 ) from None
+        server_time = payloads.server_time(headers)
+        if server_time is not None:
+            self._clock_reading = ClockReading(local=received, server=server_time)
         self.budget.observe(headers, ok=status < 400)
         if status >= 400:
             self.stats.record(kind, str(status))
@@ -322,7 +338,9 @@ class CustomGPTClient:
             raise BadRequestError(payloads.error_text(body), status=status, **where)
         try:
             result = parse(
-                payloads.Response(payloads.envelope_data(body), payloads.server_time(headers))
+                payloads.Response(
+                    payloads.envelope_data(body), server_time=server_time, local_time=received
+                )
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             self.stats.record(kind, "malformed")

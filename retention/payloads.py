@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 
 from retention.models import Agent, AgentSettings, Conversation, ConversationPage
-from retention.timefmt import parse_timestamp
+from retention.timefmt import parse_http_date, parse_timestamp
 
 
 class Response:
-    """A success envelope's ``data`` and the server's clock at the time of the response."""
+    """A success envelope's ``data`` and the two clocks at the time of the response.
 
-    __slots__ = ("data", "server_time")
+    ``server_time`` is the response's ``Date`` (None when it had none); ``local_time`` is our
+    clock when it arrived. Both resolve the message lists' 12-hour times.
+    """
 
-    def __init__(self, data: Any, server_time: datetime) -> None:
+    __slots__ = ("data", "local_time", "server_time")
+
+    def __init__(self, data: Any, *, server_time: datetime | None, local_time: datetime) -> None:
         self.data = data
         self.server_time = server_time
+        self.local_time = local_time
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -40,15 +44,9 @@ def envelope_data(body: bytes) -> Any:
     return payload["data"]
 
 
-def server_time(headers: Mapping[str, str]) -> datetime:
-    """The server's Date header resolves 12-hour message times; our clock when it is missing."""
-    value = headers.get("Date")
-    if value:
-        try:
-            return parsedate_to_datetime(value).astimezone(UTC)
-        except (TypeError, ValueError):
-            pass
-    return datetime.now(UTC)
+def server_time(headers: Mapping[str, str]) -> datetime | None:
+    """The server's clock from the ``Date`` header; None when absent or unreadable."""
+    return parse_http_date(headers.get("Date"))
 
 
 def error_text(body: bytes) -> str:
@@ -125,7 +123,12 @@ def newest_message(response: Response) -> datetime | None:
     if not isinstance(messages, list):
         raise TypeError("messages.data must be a list")
     stamps = [
-        parse_timestamp(str(m["created_at"]), not_after=response.server_time) for m in messages
+        parse_timestamp(
+            str(m["created_at"]),
+            server_time=response.server_time,
+            local_time=response.local_time,
+        )
+        for m in messages
     ]
     return max(stamps, default=None)
 

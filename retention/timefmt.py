@@ -1,9 +1,10 @@
-"""Pure parsing of durations ("36h") and of the API's three timestamp formats, always to UTC."""
+"""Pure parsing of durations ("36h"), the API's three timestamp formats and HTTP dates, to UTC."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
@@ -22,7 +23,7 @@ def parse_duration(text: str) -> timedelta:
             break
         seconds += float(match.group(1)) * _UNITS[match.group(2).lower()]
         pos = match.end()
-    if not raw or pos == 0 or raw[pos:].strip():
+    if not raw or raw[pos:].strip():  # nothing, or text no unit could start (pos 0 included)
         raise ValueError(f"invalid duration {text!r}: {DURATION_HELP}")
     if seconds <= 0:
         raise ValueError(f"duration {text!r} must be greater than zero")
@@ -46,19 +47,29 @@ def format_duration(delta: timedelta) -> str:
 
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S")
 _TWELVE_HOUR = "%d %b %Y %I:%M:%S"
+# How far past the later of the two clocks a 12-hour reading may lie and still be taken.
+TWELVE_HOUR_SLACK = timedelta(hours=1)
 
 
-def parse_timestamp(text: str, *, not_after: datetime | None = None) -> datetime:
+def parse_timestamp(
+    text: str, *, server_time: datetime | None = None, local_time: datetime | None = None
+) -> datetime:
     """Parse any timestamp format the API sends and return an aware UTC datetime.
 
     Formats: ``2023-06-25T17:23:34.000000Z``, ``2023-04-30 16:43:53`` (UTC by the vendor's
-    convention), other ISO 8601 with an offset, and the message lists' ``25 Jun 2023 05:01:11``.
+    convention), other ISO 8601 with an offset or without one (then UTC), and the message lists'
+    ``25 Jun 2023 05:01:11``.
 
-    The last one is a 12-hour clock without AM/PM, so ``05:01:11`` is 05:01 or 17:01. We take the
-    later reading that is not after ``not_after`` (normally the time of the response), and the
-    earlier one only when both lie in the future. A conversation's last activity is therefore never
-    placed earlier than the truth: at worst it looks up to 12 hours younger, and it is kept longer,
-    never deleted sooner.
+    The last one is a 12-hour clock without AM/PM: ``05:01:11`` is 05:01 or 17:01 (and
+    ``12:30:00`` is 00:30 or 12:30). Ambiguous times resolve young. The reference is the later of
+    ``server_time`` (the response's ``Date``) and ``local_time`` (our clock when the response
+    arrived). We take the later reading when it lies no more than one hour
+    (:data:`TWELVE_HOUR_SLACK`) after the reference, exactly one hour included; else the earlier
+    reading when that one does; else (both clocks lag by over an hour), or with no clock at all,
+    the later reading again. As the later clock is the reference, one clock running behind cannot
+    make a message look 12 hours older than it is, and the hour absorbs modest skew of both. A
+    message is placed early only when both clocks lag it by more than an hour; otherwise a
+    conversation may look up to 12 hours younger and be kept longer, never deleted sooner.
     """
     raw = text.strip()
     for fmt in _ISO_FORMATS:
@@ -67,9 +78,11 @@ def parse_timestamp(text: str, *, not_after: datetime | None = None) -> datetime
         except ValueError:
             pass
     try:
-        return _resolve_twelve_hour(datetime.strptime(raw, _TWELVE_HOUR), not_after)
+        parsed = datetime.strptime(raw, _TWELVE_HOUR)
     except ValueError:
         pass
+    else:
+        return resolve_twelve_hour(parsed, server_time=server_time, local_time=local_time)
     try:
         parsed = datetime.fromisoformat(raw)
     except ValueError:
@@ -79,10 +92,33 @@ def parse_timestamp(text: str, *, not_after: datetime | None = None) -> datetime
     return parsed.astimezone(UTC)
 
 
-def _resolve_twelve_hour(parsed: datetime, not_after: datetime | None) -> datetime:
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header (``Wed, 21 Oct 2015 07:28:00 GMT``) as aware UTC; None if unreadable.
+
+    A zone of ``-0000`` means UTC (RFC 5322), never the local zone.
+    """
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def resolve_twelve_hour(
+    parsed: datetime, *, server_time: datetime | None, local_time: datetime | None
+) -> datetime:
+    """Pick the reading of a 12-hour time (see :func:`parse_timestamp` for the rule)."""
     # strptime's %I maps "12" to hour 0 and 1..11 to themselves: the AM reading.
     morning = parsed.replace(tzinfo=UTC)
     evening = morning + timedelta(hours=12)
-    if not_after is None or evening <= not_after:
+    clocks = [c for c in (server_time, local_time) if c is not None]
+    if not clocks:
+        return evening
+    latest = max(clocks) + TWELVE_HOUR_SLACK
+    if evening <= latest or morning > latest:
         return evening
     return morning

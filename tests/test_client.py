@@ -10,6 +10,7 @@ import pytest
 
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
+from retention.clocks import ClockReading
 from retention.emulator import Arrival, Emulator, Fault, RateLimit
 from retention.emulator.seed import EmuAgent
 from retention.errors import (
@@ -270,6 +271,121 @@ async def test_last_activity_reads_the_twelve_hour_message_format(
     # conversation looks younger than it is and is kept longer, never deleted sooner.
     conversation.messages = [now - timedelta(hours=13)]
     assert await client.last_activity(532, conversation.session_id) == now - timedelta(hours=1)
+
+
+# ---- clocks: 12-hour message times and the clock reading ------------------------------------
+
+EVENING = datetime(2026, 11, 26, 17, 0, 0, tzinfo=UTC)  # "05:00:00" in the message list
+
+
+class Clocks:
+    """The true time, and how far the server's clock and ours are off it."""
+
+    def __init__(self, now: datetime, *, server: timedelta, local: timedelta) -> None:
+        self.now, self.server_skew, self.local_skew = now, server, local
+
+    def server(self) -> datetime:
+        return self.now + self.server_skew
+
+    def local(self) -> datetime:
+        return self.now + self.local_skew
+
+
+H = timedelta(hours=1)
+S = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("server_skew", "local_skew", "newest"),
+    [
+        # Issue 8: with Date 60 s behind, a message 20 s old was read 12 h older than it was.
+        (-60 * S, timedelta(0), EVENING - 20 * S),
+        (60 * S, timedelta(0), EVENING - 20 * S),
+        (-2 * H, timedelta(0), EVENING - 20 * S),
+        (2 * H, timedelta(0), EVENING - 20 * S),
+        (timedelta(0), timedelta(days=1), EVENING - 20 * S),
+        (-2 * H, -60 * S, EVENING - 20 * S),  # the later clock decides
+    ],
+    ids=["server -60s", "server +60s", "server -2h", "server +2h", "local +1d", "both behind"],
+)
+async def test_twelve_hour_message_times_resolve_young_under_skewed_clocks(
+    emulator: Emulator,
+    make_client: ClientFactory,
+    server_skew: timedelta,
+    local_skew: timedelta,
+    newest: datetime,
+) -> None:
+    clocks = Clocks(EVENING, server=server_skew, local=local_skew)
+    emulator.clock = clocks.server
+    client = make_client(clock=clocks.local)
+    conversation = next(iter(emulator.state.agents[532].conversations.values()))
+    conversation.messages = [EVENING - timedelta(days=2), EVENING - 20 * S]
+    assert await client.last_activity(532, conversation.session_id) == newest
+    facts, activity = await client.conversation_info(532, conversation.session_id)
+    assert activity == newest and facts.session_id == conversation.session_id
+
+
+async def test_a_morning_message_is_not_read_as_the_evening_to_come(
+    emulator: Emulator, make_client: ClientFactory
+) -> None:
+    clocks = Clocks(EVENING - 12 * H, server=2 * H, local=timedelta(0))
+    emulator.clock = clocks.server
+    client = make_client(clock=clocks.local)
+    conversation = next(iter(emulator.state.agents[532].conversations.values()))
+    conversation.messages = [EVENING - 12 * H - 20 * S]
+    newest = await client.last_activity(532, conversation.session_id)
+    assert newest == EVENING - 12 * H - 20 * S
+
+
+@pytest.mark.parametrize(
+    "skew", [timedelta(days=1), -2 * H], ids=["server a day ahead", "server 2h behind"]
+)
+async def test_every_response_records_our_clock_and_the_servers(
+    emulator: Emulator, make_client: ClientFactory, skew: timedelta
+) -> None:
+    clocks = Clocks(EVENING, server=skew, local=timedelta(0))
+    emulator.clock = clocks.server
+    client = make_client(clock=clocks.local)
+    assert client.clock_reading is None, "no response yet"
+    await client.agent_settings(532)
+    reading = client.clock_reading
+    assert reading is not None
+    assert (reading.local, reading.server, reading.skew) == (EVENING, EVENING + skew, skew)
+    # An error answer carries a Date too, and the most recent response wins.
+    clocks.now += H
+    with pytest.raises(NotFoundError):
+        await client.agent_settings(999)
+    assert client.clock_reading == ClockReading(local=EVENING + H, server=EVENING + H + skew)
+
+
+async def test_a_429_records_the_clock_reading_too(
+    emulator: Emulator, make_client: ClientFactory
+) -> None:
+    clocks = Clocks(EVENING, server=-2 * H, local=timedelta(0))
+    emulator.clock = clocks.server
+    client = make_client(clock=clocks.local)
+    emulator.faults.append(Fault.status(429, path="*/settings", times=1))
+    call = asyncio.create_task(client.agent_settings(532))
+    for _ in range(500):  # until the 429 is in (the retry waits out a pause of 0.5 s or more)
+        if client.budget.rate_limited:
+            break
+        await asyncio.sleep(0.01)
+    assert client.budget.rate_limited == 1
+    assert client.clock_reading == ClockReading(local=EVENING, server=EVENING - 2 * H)
+    clocks.now += H
+    await call
+    assert client.clock_reading == ClockReading(local=EVENING + H, server=EVENING - H)
+
+
+async def test_without_a_clock_given_the_client_reads_the_system_clock(
+    client: CustomGPTClient,
+) -> None:
+    before = datetime.now(UTC)
+    await client.agent_settings(532)
+    after = datetime.now(UTC)
+    reading = client.clock_reading
+    assert reading is not None and before <= reading.local <= after
+    assert abs(reading.skew) < timedelta(seconds=2)
 
 
 async def test_token_appears_in_no_log_record_and_no_error(

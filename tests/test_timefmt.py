@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retention.timefmt import format_duration, parse_duration, parse_timestamp
+from retention.timefmt import format_duration, parse_duration, parse_http_date, parse_timestamp
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,8 @@ from retention.timefmt import format_duration, parse_duration, parse_timestamp
         (" 1h 30m ", timedelta(minutes=90)),
         ("1.5h", timedelta(minutes=90)),
         ("2H", timedelta(hours=2)),
+        ("1s", timedelta(seconds=1)),
+        ("0.5s", timedelta(seconds=0.5)),
     ],
 )
 def test_parse_duration_accepts(text: str, expected: timedelta) -> None:
@@ -46,6 +48,29 @@ def test_parse_duration_accepts(text: str, expected: timedelta) -> None:
 def test_parse_duration_rejects_with_a_readable_message(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (timedelta(0), "0s"),
+        (timedelta(seconds=1), "1s"),
+        (timedelta(seconds=12), "12s"),
+        (timedelta(minutes=45), "45m"),
+        (timedelta(seconds=90), "1m30s"),
+        (timedelta(hours=1), "1h"),
+        (timedelta(days=2, hours=3), "2d3h"),
+        (timedelta(days=1, hours=2, minutes=3, seconds=4), "1d2h"),  # the two largest units
+        (timedelta(hours=2, minutes=3, seconds=4), "2h3m"),
+        (timedelta(days=1, seconds=5), "1d5s"),
+        (timedelta(seconds=59.9), "59s"),
+        (-timedelta(hours=2), "-2h"),
+        (-timedelta(seconds=1), "-1s"),
+        (-timedelta(days=1, hours=12), "-1d12h"),
+    ],
+)
+def test_format_duration(delta: timedelta, text: str) -> None:
+    assert format_duration(delta) == text
 
 
 @given(
@@ -74,31 +99,147 @@ def test_format_then_parse_round_trips_the_two_largest_units(seconds: int) -> No
 def test_parse_timestamp_unambiguous_formats(text: str, expected: datetime) -> None:
     parsed = parse_timestamp(text)
     assert parsed == expected
-    assert parsed.utcoffset() == timedelta(0)
+    assert parsed.tzinfo is UTC
+
+
+# ---- 12-hour message times: ambiguous times resolve young ------------------------------------
+
+PM = datetime(2023, 6, 25, 17, 1, 11, tzinfo=UTC)  # "25 Jun 2023 05:01:11" read as the evening
+AM = PM - timedelta(hours=12)  # ... and as the morning
+SHOWN = "25 Jun 2023 05:01:11"
+M = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+# (id, the message's true time, the server's Date skew, the local clock's skew, the reading taken)
+# The response arrives 20 s after the message; each clock reads the true time plus its skew.
+SKEWS = [
+    # A message at the evening reading: with our clock right, every server skew finds it.
+    ("pm, server -2h", PM, -2 * HOUR, timedelta(0), PM),
+    ("pm, server -1h", PM, -HOUR, timedelta(0), PM),
+    ("pm, server -60s", PM, -M, timedelta(0), PM),  # issue 8: the morning was taken, 12h early
+    ("pm, server on time", PM, timedelta(0), timedelta(0), PM),
+    ("pm, server +60s", PM, M, timedelta(0), PM),
+    ("pm, server +1h", PM, HOUR, timedelta(0), PM),
+    ("pm, server +2h", PM, 2 * HOUR, timedelta(0), PM),
+    # ... and with the server right, every local skew does: the later clock is the reference.
+    ("pm, local -2h", PM, timedelta(0), -2 * HOUR, PM),
+    ("pm, local -60s", PM, timedelta(0), -M, PM),
+    ("pm, local +2h", PM, timedelta(0), 2 * HOUR, PM),
+    ("pm, local a day ahead", PM, -M, timedelta(days=1), PM),
+    ("pm, server -2h, local -60s", PM, -2 * HOUR, -M, PM),
+    ("pm, server -60s, local -2h", PM, -M, -2 * HOUR, PM),
+    ("pm, both -59m", PM, -59 * M, -59 * M, PM),
+    # Both clocks behind by more than the hour: the one case read 12h early (documented).
+    ("pm, both -2h", PM, -2 * HOUR, -2 * HOUR, AM),
+    # A message at the morning reading: the evening one lies ~12h ahead of any sane clock.
+    ("am, server -2h", AM, -2 * HOUR, timedelta(0), AM),
+    ("am, server -60s", AM, -M, timedelta(0), AM),
+    ("am, on time", AM, timedelta(0), timedelta(0), AM),
+    ("am, server +60s", AM, M, timedelta(0), AM),
+    ("am, server +2h", AM, 2 * HOUR, timedelta(0), AM),
+    ("am, local +2h", AM, timedelta(0), 2 * HOUR, AM),
+    # A clock far ahead makes the message look younger than it is: kept longer, never early.
+    ("am, local a day ahead", AM, timedelta(0), timedelta(days=1), PM),
+    ("am, server 12h ahead", AM, 12 * HOUR, timedelta(0), PM),
+    # Both clocks far behind: neither reading is within the hour; the younger one is taken.
+    ("am, both -2h", AM, -2 * HOUR, -2 * HOUR, PM),
+]
 
 
 @pytest.mark.parametrize(
-    ("text", "not_after", "expected_hour"),
+    ("truth", "server_skew", "local_skew", "expected"),
+    [row[1:] for row in SKEWS],
+    ids=[row[0] for row in SKEWS],
+)
+def test_twelve_hour_time_under_skewed_clocks(
+    truth: datetime, server_skew: timedelta, local_skew: timedelta, expected: datetime
+) -> None:
+    received = truth + timedelta(seconds=20)
+    parsed = parse_timestamp(
+        SHOWN, server_time=received + server_skew, local_time=received + local_skew
+    )
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
+
+
+# (id, reference clock, reading taken): the bounds of "no more than one hour after".
+BOUNDS = [
+    ("evening equals the reference", PM, PM),
+    ("evening an hour after, exactly", PM - HOUR, PM),
+    ("evening a second past the hour", PM - HOUR - timedelta(seconds=1), AM),
+    ("morning an hour after, exactly", AM - HOUR, AM),
+    ("morning a second past the hour", AM - HOUR - timedelta(seconds=1), PM),
+    ("both readings in the past", PM + 3 * HOUR, PM),
+    ("only the morning in the past", AM + 3 * HOUR, AM),
+]
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"), [row[1:] for row in BOUNDS], ids=[row[0] for row in BOUNDS]
+)
+@pytest.mark.parametrize("which", ["server", "local", "both"])
+def test_twelve_hour_bounds(reference: datetime, expected: datetime, which: str) -> None:
+    clocks = {
+        "server": {"server_time": reference},
+        "local": {"local_time": reference},
+        "both": {"server_time": reference, "local_time": reference},
+    }[which]
+    assert parse_timestamp(SHOWN, **clocks) == expected
+
+
+@pytest.mark.parametrize(
+    ("server", "local"),
+    [(AM - 3 * HOUR, PM - HOUR), (PM - HOUR, AM - 3 * HOUR)],
+    ids=["local later", "server later"],
+)
+def test_the_later_clock_is_the_reference(server: datetime, local: datetime) -> None:
+    assert parse_timestamp(SHOWN, server_time=server, local_time=local) == PM
+
+
+@pytest.mark.parametrize(
+    ("text", "reference", "expected"),
     [
-        # Both readings in the past: the later (PM) one, which errs on keeping longer.
-        ("25 Jun 2023 05:01:11", datetime(2023, 6, 25, 20, 0, tzinfo=UTC), 17),
-        # The PM reading lies in the future: the AM one.
-        ("25 Jun 2023 05:01:11", datetime(2023, 6, 25, 9, 0, tzinfo=UTC), 5),
-        # 12 o'clock: 00:xx or 12:xx.
         ("25 Jun 2023 12:30:00", datetime(2023, 6, 25, 13, 0, tzinfo=UTC), 12),
+        ("25 Jun 2023 12:30:00", datetime(2023, 6, 25, 11, 30, tzinfo=UTC), 12),  # the hour
         ("25 Jun 2023 12:30:00", datetime(2023, 6, 25, 1, 0, tzinfo=UTC), 0),
-        # Both in the future (clock skew): the earlier one.
-        ("25 Jun 2023 05:01:11", datetime(2023, 6, 24, 9, 0, tzinfo=UTC), 5),
-        # No reference clock: the later reading.
-        ("25 Jun 2023 05:01:11", None, 17),
+        ("25 Jun 2023 11:59:59", datetime(2023, 6, 25, 11, 0, tzinfo=UTC), 11),
+        ("25 Jun 2023 01:00:00", datetime(2023, 6, 25, 2, 0, tzinfo=UTC), 1),
     ],
 )
-def test_twelve_hour_format_takes_the_later_reading_not_in_the_future(
-    text: str, not_after: datetime | None, expected_hour: int
+def test_twelve_o_clock_reads_as_midnight_or_noon(
+    text: str, reference: datetime, expected: int
 ) -> None:
-    parsed = parse_timestamp(text, not_after=not_after)
-    assert parsed.hour == expected_hour
-    assert parsed.date() == datetime(2023, 6, 25).date()
+    parsed = parse_timestamp(text, server_time=reference)
+    assert (parsed.date(), parsed.hour) == (reference.date(), expected)
+
+
+def test_without_a_clock_the_later_reading_is_taken() -> None:
+    assert parse_timestamp(SHOWN) == PM
+
+
+def test_iso_without_offset_or_z_is_utc() -> None:
+    for text in ("2023-06-25T17:23:34", "2023-06-25T17:23:34.250000", "2023-06-25 17:23"):
+        parsed = parse_timestamp(text)
+        assert parsed.tzinfo is UTC, text
+        assert (parsed.hour, parsed.minute) == (17, 23)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Wed, 21 Oct 2015 07:28:00 GMT", datetime(2015, 10, 21, 7, 28, tzinfo=UTC)),
+        ("Wed, 21 Oct 2015 07:28:00 -0000", datetime(2015, 10, 21, 7, 28, tzinfo=UTC)),
+        ("Wed, 21 Oct 2015 09:28:00 +0200", datetime(2015, 10, 21, 7, 28, tzinfo=UTC)),
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_http_date(value: str | None, expected: datetime | None) -> None:
+    parsed = parse_http_date(value)
+    assert parsed == expected
+    if parsed is not None:
+        assert parsed.tzinfo is UTC
 
 
 def test_unknown_timestamp_is_a_value_error() -> None:

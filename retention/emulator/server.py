@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -131,6 +132,8 @@ class Emulator:
                 except _Abort as abort:
                     response = abort.response
             record.status = response.status
+            # The server's clock, on every answer as the real service sends it: tests shift it.
+            response.headers["Date"] = format_datetime(self.clock().astimezone(UTC), usegmt=True)
             return response
         except BaseException:
             record.status = 0
