@@ -10,7 +10,6 @@ retries. Every attempt, retried or not, is counted in :class:`~retention.budget.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,7 +21,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from retention import __version__, payloads
-from retention.budget import CallStats, RequestBudget, retry_after_seconds
+from retention.budget import CallStats, Lanes, RequestBudget, retry_after_seconds
 from retention.clocks import Clock, ClockReading, utc_now
 from retention.errors import (
     ApiError,
@@ -71,7 +70,9 @@ class CustomGPTClient:
         self.budget = budget
         self.stats = stats if stats is not None else CallStats()
         self._max_attempts = max_attempts
-        self._slots = asyncio.Semaphore(max_concurrency)
+        # Slots in flight; an urgent call (a deletion) takes the next free one in turn with the
+        # rest, so queued admin calls cannot hold deletions back (see RequestBudget.acquire).
+        self._slots = Lanes(max_concurrency)
         self._clock = clock
         self._clock_reading: ClockReading | None = None
         self._timeout = aiohttp.ClientTimeout(
@@ -185,34 +186,45 @@ class CustomGPTClient:
         )
 
     async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome:
-        """DELETE one conversation. A 404 means it is gone already, which is not an error."""
+        """DELETE one conversation. A 404 means it is gone already, which is not an error.
+
+        Always urgent: a due deletion keeps at least half the budget while it waits.
+        """
         try:
             await self._request(
                 "delete",
                 "DELETE",
                 f"projects/{agent_id}/conversations/{session_id}",
                 parse=payloads.deleted,
+                urgent=True,
             )
         except NotFoundError:
             return DeleteOutcome.ALREADY_GONE
         return DeleteOutcome.DELETED
 
-    async def last_activity(self, agent_id: int, session_id: str) -> datetime | None:
-        """The newest message's time, or None when the conversation has no messages. One call."""
+    async def last_activity(
+        self, agent_id: int, session_id: str, *, urgent: bool = False
+    ) -> datetime | None:
+        """The newest message's time, or None when the conversation has no messages. One call.
+
+        ``urgent`` when a deletion waits on the answer: it then shares the deletions' priority.
+        """
         return await self._request(
             "messages",
             "GET",
             f"projects/{agent_id}/conversations/{session_id}/messages",
             params={"page": 1, "order": "desc"},
             parse=payloads.newest_message,
+            urgent=urgent,
         )
 
     async def conversation_info(
-        self, agent_id: int, session_id: str
+        self, agent_id: int, session_id: str, *, urgent: bool = False
     ) -> tuple[Conversation, datetime | None]:
         """One conversation's facts and its newest message's time: one messages call.
 
         The API has no call for a single conversation; the first messages page carries it.
+        ``urgent`` when a deletion waits on the answer, as for :meth:`last_activity`.
         """
         return await self._request(
             "messages",
@@ -220,6 +232,7 @@ class CustomGPTClient:
             f"projects/{agent_id}/conversations/{session_id}/messages",
             params={"page": 1, "order": "desc"},
             parse=payloads.conversation_with_activity,
+            urgent=urgent,
         )
 
     async def agent_settings(self, agent_id: int) -> AgentSettings:
@@ -241,6 +254,7 @@ class CustomGPTClient:
         parse: Callable[[payloads.Response], T],
         params: Mapping[str, str | int] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        urgent: bool = False,
     ) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientApiError),
@@ -251,7 +265,9 @@ class CustomGPTClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(kind, method, path, parse, params, json_body)
+                    return await self._attempt(
+                        kind, method, path, parse, params, json_body, urgent=urgent
+                    )
         except TransientApiError as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             raise type(exc)(
@@ -285,12 +301,14 @@ class CustomGPTClient:
         parse: Callable[[payloads.Response], T],
         params: Mapping[str, str | int] | None,
         json_body: Mapping[str, Any] | None,
+        *,
+        urgent: bool,
     ) -> T:
         where: dict[str, Any] = {"kind": kind, "method": method, "path": "/" + path}
-        async with self._slots:
+        async with self._slots.hold(urgent=urgent):
             # Take the budget only once a slot is ours, so a 429 that arrived while we queued
             # for the slot still holds us back.
-            await self.budget.acquire()
+            await self.budget.acquire(urgent=urgent)
             try:
                 async with self._session.request(
                     method,

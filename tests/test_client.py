@@ -321,7 +321,7 @@ async def test_twelve_hour_message_times_resolve_young_under_skewed_clocks(
     conversation = next(iter(emulator.state.agents[532].conversations.values()))
     conversation.messages = [EVENING - timedelta(days=2), EVENING - 20 * S]
     assert await client.last_activity(532, conversation.session_id) == newest
-    facts, activity = await client.conversation_info(532, conversation.session_id)
+    facts, activity = await client.conversation_info(532, conversation.session_id, urgent=True)
     assert activity == newest and facts.session_id == conversation.session_id
 
 
@@ -386,6 +386,27 @@ async def test_without_a_clock_given_the_client_reads_the_system_clock(
     reading = client.clock_reading
     assert reading is not None and before <= reading.local <= after
     assert abs(reading.skew) < timedelta(seconds=2)
+
+
+# ---- priority: deletions keep half the budget -------------------------------------------------
+
+
+async def test_deletions_overtake_queued_calls(
+    emulator: Emulator, make_client: ClientFactory
+) -> None:
+    # Issue 8: 120 admin creates at 60 calls a minute delayed due deletions from 14 s to 138 s.
+    client = make_client(budget=RequestBudget(1200, burst=1), max_concurrency=4)
+    doomed = list(emulator.state.agents[532].conversations)[:5]
+    creates = [client.create_conversation(532, f"Admin {n}") for n in range(20)]
+    deletes = [client.delete_conversation(532, session_id) for session_id in doomed]
+    outcomes = await asyncio.gather(*creates, *deletes)
+    assert outcomes[20:] == [DeleteOutcome.DELETED] * 5
+    order = [s.method for s in emulator.served]
+    assert order.count("POST") == 20
+    last_delete = max(n for n, method in enumerate(order) if method == "DELETE")
+    # Without priority the five deletions would go last (positions 20 to 24). In turn with the
+    # creates, after the four that held the slots first, they are done by position 14.
+    assert last_delete <= 14, order
 
 
 async def test_token_appears_in_no_log_record_and_no_error(
