@@ -34,6 +34,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_due.py
+	$(BIN)/python benchmarks/bench_fresh.py
 
 # The container installs from this lock (exact versions, hashes). Refresh it after changing
 # dependencies; the machine's own pip settings are left out so the lock holds only PyPI.

@@ -169,6 +169,11 @@ class SafetySettings(_Section):
     policy_change_grace: Annotated[timedelta, BeforeValidator(_duration_or_zero)] = timedelta(
         hours=1
     )
+    # A deletion resting on a name, an updated_at or a newest message read longer ago than this
+    # reads them again first (one messages call, or a walk of the agent where that is cheaper).
+    facts_max_age: Duration = timedelta(minutes=10)
+    # Delete nothing while the local clock and the server's Date differ by more than this.
+    max_clock_skew: Duration = timedelta(minutes=5)
 
 
 class AdminSettings(_Section):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,11 +48,15 @@ class Cadence:
 
 @dataclass
 class Health:
-    """What the admin surface reports about the sweeps."""
+    """What the admin surface reports about the sweeps, job by job ("discover", "delete").
+
+    Each job keeps its own record, so a discovery that fails every time is not hidden by
+    deletion sweeps that succeed (or the other way round).
+    """
 
     started_at: datetime
-    last_success_at: datetime | None = None
-    failing_since: datetime | None = None
+    last_success_at: dict[str, datetime] = field(default_factory=dict)
+    failing_since: dict[str, datetime] = field(default_factory=dict)
 
 
 class Daemon:
@@ -173,11 +177,11 @@ class Daemon:
         except Exception:
             # One bad sweep never kills the daemon: say what happened and run on.
             logger.exception("%s sweep failed", kind)
-            if self.health.failing_since is None:
-                self.health.failing_since = self.engine.clock()
+            self.health.failing_since.setdefault(kind, self.engine.clock())
         else:
-            self.health.last_success_at = report.finished_at
-            self.health.failing_since = None
+            if report.finished_at is not None:
+                self.health.last_success_at[kind] = report.finished_at
+            self.health.failing_since.pop(kind, None)
         finally:
             if task is not None:
                 self._running.discard(task)

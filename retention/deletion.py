@@ -1,10 +1,17 @@
 """Deletion: take the due set oldest-due first and delete it, with intent recorded first.
 
-For each conversation: decide again with the rules in force (a hold added since wins); for a
-``last_activity`` rule, read the newest message (one call) and let a recent one push the due
-time forward; then record the intent (state ``deleting``), send the DELETE, and record the
-outcome and its audit row. A crash between intent and outcome leaves ``deleting`` behind, and
-the next sweep sends the DELETE again: a 404 then means it was gone already.
+For each conversation: decide again with the rules in force (a hold added since wins); when the
+decision rests on a name, an ``updated_at`` or a newest message read longer ago than
+``facts_max_age``, read them again first (:mod:`retention.freshness`) and decide on what they
+are now (a rename onto a hold keeps it; a recent message pushes the due time forward); then,
+with no wait between the last decision and the act, record the intent (state ``deleting``), send
+the DELETE, and record the outcome and its audit row. A crash between intent and outcome leaves
+``deleting`` behind, and the next sweep sends the DELETE again: a 404 then means it was gone
+already.
+
+Nothing is deleted while the local clock and the server's ``Date`` disagree by more than
+``max_clock_skew``, or before any response has told the server's time: ages are measured on
+the local clock, and one running ahead deletes early.
 
 Dry-run runs exactly this code; only the DELETE is replaced by an audit row marked dry_run.
 """
@@ -16,9 +23,9 @@ import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from retention.errors import ApiError, AuthError
+from retention.errors import ApiError, AuthError, NotFoundError
+from retention.freshness import refresh, walk_where_cheaper
 from retention.models import (
-    AgeFrom,
     AuditOutcome,
     AuditRecord,
     DeleteOutcome,
@@ -40,6 +47,9 @@ async def delete_due(sweep: Sweep, report: SweepReport, *, sweep_id: int | None 
         now, limit=options.delete_batch, skip_dry_run_noted=True
     )
     report.due = len(candidates)
+    if not candidates or not _clock_trusted(sweep, report):
+        return
+    await walk_where_cheaper(sweep, candidates, report, now)
     queue = iter(candidates)  # shared by the workers: oldest due first, whoever is free
     done = 0
 
@@ -64,25 +74,31 @@ async def delete_due(sweep: Sweep, report: SweepReport, *, sweep_id: int | None 
             raise result
 
 
-async def confirm_activity(
-    sweep: Sweep, conversation: TrackedConversation, now: datetime
+def _clock_trusted(sweep: Sweep, report: SweepReport) -> bool:
+    """Whether the local clock may measure ages for deleting now; says why not once a sweep."""
+    if report.held_back is not None:
+        return False
+    problem: str | None
+    if sweep.api.clock_reading is None:
+        problem = "no response from the API has told the server's time yet"
+    else:
+        problem = sweep.clock_skew_problem()
+    if problem is None:
+        return True
+    report.held_back = problem
+    logger.error("deleting nothing this sweep: %s; discovery goes on", problem)
+    return False
+
+
+async def refresh_if_stale(
+    sweep: Sweep, conversation: TrackedConversation, now: datetime, *, urgent: bool = False
 ) -> TrackedConversation:
-    """For a last-activity rule about to act, read the newest message time (one call)."""
+    """A due conversation whose decision rests on stale facts, with those facts read again."""
     if conversation.due_at is None or conversation.due_at > now:
         return conversation
-    if conversation.age_from is not AgeFrom.LAST_ACTIVITY:
+    if not sweep.stale_facts(conversation, now):
         return conversation
-    checked = conversation.activity_checked_at
-    if checked is not None and now - checked < sweep.options.activity_fresh:
-        return conversation
-    newest = await sweep.api.last_activity(conversation.agent_id, conversation.session_id)
-    refreshed = replace(conversation, last_activity_at=newest, activity_checked_at=now)
-    # No messages: the clock is the creation time (DESIGN.md section 4).
-    if newest is None:
-        refreshed = replace(refreshed, last_activity_at=conversation.created_at)
-    evaluated = sweep.evaluate(refreshed, now)
-    await sweep.conversations.update([evaluated], now=now)
-    return evaluated
+    return await refresh(sweep, conversation, now, urgent=urgent)
 
 
 async def _delete_one(
@@ -96,46 +112,81 @@ async def _delete_one(
     stored = await sweep.conversations.get(candidate.agent_id, candidate.session_id)
     if stored is None or stored.state not in (State.ACTIVE, State.DELETING):
         return
-    candidate = stored
     now = sweep.clock()
-    current = sweep.evaluate(candidate, now)
-    if current.state is State.DELETING and current.due_at is None:
-        # Left mid-delete, but the rules no longer delete it (a hold, or no match any more).
-        current = replace(current, state=State.HELD if current.rule else State.ACTIVE)
-    if current != candidate:
-        await sweep.conversations.update([current], now=now)
-    if current.due_at is None or current.due_at > now or current.state is State.HELD:
+    current = await _decide(sweep, stored, now)
+    if not _due(current, now):
         return
     try:
-        current = await confirm_activity(sweep, current, now)
+        fresh = await refresh_if_stale(sweep, current, now, urgent=True)
+    except NotFoundError:
+        await sweep.conversations.set_state(
+            current.agent_id, current.session_id, State.GONE, now=now
+        )
+        report.gone += 1
+        logger.info("agent %d: %s is gone already", current.agent_id, current.session_id)
+        return
     except AuthError:
         raise
     except ApiError as exc:
         report.failed += 1
-        logger.warning("could not read the newest message of %s: %s", current.session_id, exc)
+        logger.warning("could not read the facts of %s again: %s", _label(current), exc)
         return
-    if current.due_at is None or current.due_at > now:
+    if fresh is not current:
+        report.refreshed += 1
+    # The last decision, on the rules in force this instant, and nothing awaited between it and
+    # the act: a reload may have added a hold or a dry-run while the facts were read.
+    now = sweep.clock()
+    final = _redecided(sweep, fresh, now)
+    if not _due(final, now):
+        if final != fresh:
+            await sweep.conversations.update([final], now=now)
         report.postponed += 1
         logger.info(
-            "agent %d: %r had activity; now due %s",
-            current.agent_id,
-            current.name,
-            current.due_at.isoformat() if current.due_at else "never",
+            "agent %d: %r is not due after all (%s); now due %s",
+            final.agent_id,
+            final.name,
+            final.reason,
+            final.due_at.isoformat() if final.due_at else "never",
         )
         return
-    if current.grace_until is not None and current.grace_until > now:
+    if final.grace_until is not None and final.grace_until > now:
         return  # a policy change made it due: it waits out the grace
-    if current.retry_at is not None and current.retry_at > now:
+    if final.retry_at is not None and final.retry_at > now:
         return  # a DELETE failed lately: the next attempt waits
-    if sweep.dry_run(current):
-        if current.dry_run_noted_at is not None:
+    if not _clock_trusted(sweep, report):
+        return  # the clock went wrong during this sweep
+    if sweep.dry_run(final):
+        if final.dry_run_noted_at is not None:
             return  # said once already
-        await _audit(sweep, report, current, AuditOutcome.DRY_RUN, now, sweep_id)
-        await sweep.conversations.note_dry_run(current.agent_id, current.session_id, now=now)
+        await _audit(sweep, report, final, AuditOutcome.DRY_RUN, now, sweep_id)
+        await sweep.conversations.note_dry_run(final.agent_id, final.session_id, now=now)
         report.would_delete += 1
-        logger.info("dry-run: would delete %s (%s)", _label(current), current.reason)
+        logger.info("dry-run: would delete %s (%s)", _label(final), final.reason)
         return
-    await _send_delete(sweep, current, report, sweep_id)
+    await _send_delete(sweep, final, report, sweep_id)
+
+
+async def _decide(sweep: Sweep, stored: TrackedConversation, now: datetime) -> TrackedConversation:
+    """Decide again on the stored facts, and store the decision when it changed."""
+    current = _redecided(sweep, stored, now)
+    if current != stored:
+        await sweep.conversations.update([current], now=now)
+    return current
+
+
+def _redecided(
+    sweep: Sweep, conversation: TrackedConversation, now: datetime
+) -> TrackedConversation:
+    current = sweep.evaluate(conversation, now)
+    if current.state is State.DELETING and current.due_at is None:
+        # Left mid-delete, but the rules no longer delete it (a hold, or no match any more).
+        return replace(current, state=State.HELD if current.rule else State.ACTIVE)
+    return current
+
+
+def _due(conversation: TrackedConversation, now: datetime) -> bool:
+    due_at = conversation.due_at
+    return due_at is not None and due_at <= now and conversation.state is not State.HELD
 
 
 async def _send_delete(

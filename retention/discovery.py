@@ -99,7 +99,8 @@ async def discover_agent(
     ids = [c.id for c in listing.conversations]
     record = replace(record, sync_cursor=max([record.sync_cursor or 0, *ids]) or None)
     if reconcile:
-        record = await _with_platform_settings(sweep, replace(record, last_full_sync_at=now))
+        record = replace(record, last_full_sync_at=now, pages=listing.pages)
+        record = await _with_platform_settings(sweep, record)
     await sweep.agents.save_agent(record, now=now)
 
 
@@ -132,6 +133,7 @@ def _merge(
                 origin=Origin.DISCOVERED,
                 state=State.ACTIVE,
                 first_seen=now,
+                facts_at=now,
             )
             inserts.append(sweep.evaluate(fresh, now))
             continue
@@ -153,7 +155,7 @@ def _merge(
             )
             merged = replace(merged, state=State.ACTIVE, finished_at=None)
         if merged != current:
-            updates.append(sweep.evaluate(merged, now))
+            updates.append(sweep.evaluate(replace(merged, facts_at=now), now))
         else:
             unchanged.append(current.session_id)
     return inserts, updates, unchanged

@@ -13,19 +13,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from retention.deletion import confirm_activity, delete_due
+from retention.clocks import Clock, utc_now
+from retention.deletion import delete_due, refresh_if_stale
 from retention.discovery import discover_all
+from retention.errors import ApiError, AuthError, NotFoundError
+from retention.freshness import walk_where_cheaper
 from retention.models import PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules
-from retention.sweep import (
-    Api,
-    Clock,
-    EngineOptions,
-    Progress,
-    Repository,
-    Sweep,
-    utc_now,
-)
+from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
 RULES_KEY = "rules_fingerprint"
@@ -166,8 +161,10 @@ class Engine:
     ) -> tuple[list[PlanItem], SweepReport]:
         """What is due now, including what waits out a policy change's grace. Deletes nothing.
 
-        With ``confirm``, a last-activity candidate's newest message is read (one GET each);
-        without it (the admin API), nothing is sent and such items are marked unconfirmed.
+        With ``confirm``, a candidate whose decision rests on stale facts (a name, an
+        ``updated_at``, a newest message) has them read again as a deletion would (one GET
+        each, or a walk of its agent where that is cheaper); without it (the admin API),
+        nothing is sent and such items are marked unconfirmed.
         """
         report = SweepReport(kind="plan", started_at=self.clock(), dry_run=self.options.dry_run)
         context = self.context
@@ -177,25 +174,31 @@ class Engine:
                 await discover_all(context, report)
             now = self.clock()
             candidates = await self.store.due(now, limit=1_000_000, include_waiting=True)
+            if confirm:
+                await walk_where_cheaper(context, candidates, report, now)
+                candidates = await self.store.due(now, limit=1_000_000, include_waiting=True)
             confirmed = []
             for candidate in candidates:
                 current = context.evaluate(candidate, now)
                 if confirm:
-                    current = await confirm_activity(context, current, now)
+                    try:
+                        current = await refresh_if_stale(context, current, now)
+                    except NotFoundError:
+                        continue  # gone already: nothing to plan
+                    except AuthError:
+                        raise
+                    except ApiError as exc:
+                        logger.warning("plan: could not read %s again: %s", current.name, exc)
                 confirmed.append(current)
         report.api_calls = dict(sorted(calls.items()))
         items = [
-            item
-            for current in confirmed
-            if (item := self._plan_item(current, now, confirm=confirm)) is not None
+            item for current in confirmed if (item := self._plan_item(current, now)) is not None
         ]
         report.due = len(items)
         report.finished_at = self.clock()
         return items, report
 
-    def _plan_item(
-        self, current: TrackedConversation, now: datetime, *, confirm: bool
-    ) -> PlanItem | None:
+    def _plan_item(self, current: TrackedConversation, now: datetime) -> PlanItem | None:
         if current.due_at is None or current.due_at > now or current.state is State.HELD:
             return None
         waiting = current.grace_until if current.grace_until and current.grace_until > now else None
@@ -211,5 +214,5 @@ class Engine:
             state=current.state,
             grace_until=waiting,
             retry_at=current.retry_at if current.retry_at and current.retry_at > now else None,
-            unconfirmed=current.provisional and not confirm,
+            unconfirmed=bool(self.context.stale_facts(current, now)),
         )

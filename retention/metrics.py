@@ -8,7 +8,7 @@ the client's counters as they stand. Scraping costs no API call.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,15 +16,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from retention.budget import CallStats, RequestBudget
+from retention.clocks import ClockReading
 from retention.models import AgentStatus, SweepReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _ApiCollector(Collector):
-    def __init__(self, stats: CallStats, budget: RequestBudget) -> None:
+    def __init__(
+        self,
+        stats: CallStats,
+        budget: RequestBudget,
+        clock_reading: Callable[[], ClockReading | None],
+        max_clock_skew: timedelta,
+    ) -> None:
         self.stats = stats
         self.budget = budget
+        self.clock_reading = clock_reading
+        self.max_clock_skew = max_clock_skew
 
     def collect(self) -> Iterator[Metric]:
         calls = CounterMetricFamily(
@@ -54,10 +63,30 @@ class _ApiCollector(Collector):
             "The configured request budget",
             value=self.budget.requests_per_minute,
         )
+        reading = self.clock_reading()
+        skew = reading.skew.total_seconds() if reading is not None else math.nan
+        yield GaugeMetricFamily(
+            "retention_clock_skew_seconds",
+            "The server's Date minus the local clock on the latest response (NaN: none yet)",
+            value=skew,
+        )
+        exceeded = reading is not None and abs(reading.skew) > self.max_clock_skew
+        yield GaugeMetricFamily(
+            "retention_clock_skew_exceeded",
+            "1 while the clocks differ by more than max_clock_skew: nothing is deleted",
+            value=1.0 if exceeded else 0.0,
+        )
 
 
 class Metrics:
-    def __init__(self, *, stats: CallStats, budget: RequestBudget) -> None:
+    def __init__(
+        self,
+        *,
+        stats: CallStats,
+        budget: RequestBudget,
+        clock_reading: Callable[[], ClockReading | None] = lambda: None,
+        max_clock_skew: timedelta = timedelta(minutes=5),
+    ) -> None:
         self.registry = CollectorRegistry()
         per_agent = ["agent"]
         r = self.registry
@@ -101,7 +130,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        r.register(_ApiCollector(stats, budget))
+        r.register(_ApiCollector(stats, budget, clock_reading, max_clock_skew))
 
     def observe_sweep(self, report: SweepReport) -> None:
         result = "ok" if report.ok else "failed"

@@ -123,6 +123,16 @@ class ConversationFacts:
     ttl_from: datetime | None = None  # when that TTL started to run
 
 
+class Fact(enum.StrEnum):
+    """A fact about a conversation that can change after it was read, so a decision resting on
+    it must be re-read before it deletes anything. (Session id, agent, creator and creation time
+    never change.)"""
+
+    NAME = "name"  # a rename
+    UPDATED = "updated"  # updated_at: a rename bumps it
+    ACTIVITY = "activity"  # the newest message
+
+
 class DecisionKind(enum.StrEnum):
     HELD = "held"
     TTL = "ttl"
@@ -200,6 +210,8 @@ class TrackedConversation:
     retry_at: datetime | None = None  # a DELETE failed: the next attempt waits until then
     first_seen: datetime | None = None
     finished_at: datetime | None = None
+    # When the name and updated_at were last read from the API (a listing or a messages call).
+    facts_at: datetime | None = None
 
     @property
     def creator(self) -> Creator | None:
@@ -284,6 +296,7 @@ class AgentRecord:
     last_full_sync_at: datetime | None = None
     platform_retention_period: str | None = None
     platform_retention_days: int | None = None
+    pages: int | None = None  # pages the last full walk read: what re-reading them all costs
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +329,10 @@ class SweepReport:
     already_gone: int = 0
     failed: int = 0
     would_delete: int = 0
-    postponed: int = 0  # a recent message pushed the due time forward
+    postponed: int = 0  # facts read again (a message, a rename) made it not due after all
+    refreshed: int = 0  # due conversations whose facts were read again (one call each)
+    refresh_walks: int = 0  # agents re-read whole because that was cheaper
+    held_back: str | None = None  # why nothing was deleted (the clock), or None
     api_calls: dict[str, int] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, rule)
     error: str | None = None
@@ -336,8 +352,11 @@ class SweepReport:
             f"gone={self.gone} due={self.due} deleted={self.deleted}",
             f"already_gone={self.already_gone} failed={self.failed}",
             f"would_delete={self.would_delete} postponed={self.postponed}",
+            f"refreshed={self.refreshed} refresh_walks={self.refresh_walks}",
             f"api_calls={calls}" + (f" ({kinds})" if kinds else ""),
         ]
+        if self.held_back:
+            parts.append(f"held_back={self.held_back!r}")
         if self.error:
             parts.append(f"error={self.error}")
         return " ".join(parts)

@@ -26,6 +26,7 @@ from retention.models import (
     Creator,
     Decision,
     DecisionKind,
+    Fact,
     Origin,
 )
 from retention.timefmt import format_duration
@@ -128,6 +129,10 @@ class Matcher:
         return self._regex is None or self._regex.search(name) is not None
 
     @property
+    def selects_by_name(self) -> bool:
+        return bool(self._globs) or self._regex is not None
+
+    @property
     def accepts_every_name(self) -> bool:
         """No name matcher, or only ones such as ``*``, ``""`` or ``.*`` that let any name by."""
         return all(self.accepts_name(name) for name in PROBE_NAMES)
@@ -212,6 +217,32 @@ class Rules:
         """Changes whenever the rules (or the global dry-run) change: re-evaluate then."""
         text = repr((self.policies, self.holds, dry_run))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def depends_on(self, facts: ConversationFacts, decision: Decision) -> frozenset[Fact]:
+        """The facts that can change and that this decision to delete rests on.
+
+        The name, when a hold of the agent selects by name (a rename may bring it under the
+        hold), or when the deciding policy or any policy before it selects by name (a rename may
+        make another policy decide, or none); ``updated_at`` and the newest message, when they
+        are the deciding policy's clock. A decision resting on none of these (creation time,
+        creator, origin, agent) needs no re-reading.
+        """
+        if decision.due_at is None:
+            return frozenset()  # nothing to delete, nothing to re-read
+        needs: set[Fact] = set()
+        if any(h.accepts_agent(facts.agent_id) and h.selects_by_name for h in self.holds):
+            needs.add(Fact.NAME)
+        if decision.kind is DecisionKind.POLICY:
+            for policy in self.policies:
+                if policy.accepts_agent(facts.agent_id) and policy.selects_by_name:
+                    needs.add(Fact.NAME)
+                if policy.name == decision.rule:
+                    break
+            if decision.age_from is AgeFrom.UPDATED:
+                needs.add(Fact.UPDATED)
+            elif decision.age_from is AgeFrom.LAST_ACTIVITY:
+                needs.add(Fact.ACTIVITY)
+        return frozenset(needs)
 
     def agents_in_scope(self) -> frozenset[int] | None:
         """The agents discovery must cover; None means every agent of the account."""

@@ -59,6 +59,8 @@ def engine_options(settings: Settings, *, dry_run: bool) -> EngineOptions:
         reconcile_every=settings.schedule.reconcile_every,
         delete_concurrency=settings.api.max_concurrency,
         policy_change_grace=settings.safety.policy_change_grace,
+        facts_max_age=settings.safety.facts_max_age,
+        max_clock_skew=settings.safety.max_clock_skew,
     )
 
 
@@ -116,7 +118,13 @@ async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
 
     settings, engine, stack = runtime.settings, runtime.engine, runtime.stack
     schedule = settings.schedule
-    metrics = Metrics(stats=runtime.client.stats, budget=runtime.client.budget)
+    client = runtime.client
+    metrics = Metrics(
+        stats=client.stats,
+        budget=client.budget,
+        clock_reading=lambda: client.clock_reading,
+        max_clock_skew=settings.safety.max_clock_skew,
+    )
     engine.listeners.append(metrics.observe_sweep)
     watcher = ConfigWatcher(Path(settings.source), engine, settings)
     daemon = Daemon(

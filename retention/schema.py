@@ -67,6 +67,7 @@ agents = Table(
     Column("last_full_sync_at", UTCDateTime, nullable=True),
     Column("platform_retention_period", String(16), nullable=True),
     Column("platform_retention_days", Integer, nullable=True),
+    Column("pages", Integer, nullable=True),
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
 )
@@ -102,6 +103,7 @@ conversations = Table(
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
+    Column("facts_at", UTCDateTime, nullable=True),
     UniqueConstraint("agent_id", "session_id", name="uq_conversations_agent_session"),
     # The due set is read through this index: its cost follows the number due, not tracked.
     Index("ix_conversations_state_due", "state", "due_at"),
@@ -184,6 +186,7 @@ def conversation_row(c: TrackedConversation) -> dict[str, Any]:
         "grace_until": c.grace_until,
         "retry_at": c.retry_at,
         "finished_at": c.finished_at,
+        "facts_at": c.facts_at,
     }
 
 
@@ -216,6 +219,7 @@ def conversation_from_row(m: Any) -> TrackedConversation:
         retry_at=m["retry_at"],
         first_seen=m["first_seen"],
         finished_at=m["finished_at"],
+        facts_at=m["facts_at"],
     )
 
 
@@ -227,6 +231,7 @@ def agent_from_row(m: Any) -> AgentRecord:
         last_full_sync_at=m["last_full_sync_at"],
         platform_retention_period=m["platform_retention_period"],
         platform_retention_days=m["platform_retention_days"],
+        pages=m["pages"],
     )
 
 

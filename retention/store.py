@@ -90,6 +90,7 @@ class Store:
             "last_full_sync_at": record.last_full_sync_at,
             "platform_retention_period": record.platform_retention_period,
             "platform_retention_days": record.platform_retention_days,
+            "pages": record.pages,
             "last_seen": now,
         }
         async with self.db.begin() as conn:
@@ -218,7 +219,7 @@ class Store:
             await conn.execute(statement, rows)
 
     async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None:
-        """Note that these conversations were seen listed again, unchanged."""
+        """Note that these conversations were seen listed again, unchanged: facts fresh now."""
         keys = list(session_ids)
         if not keys:
             return
@@ -228,7 +229,7 @@ class Store:
                 conversations.c.agent_id == agent_id,
                 conversations.c.session_id == bindparam("k_session"),
             )
-            .values(last_seen=now)
+            .values(last_seen=now, facts_at=now)
         )
         async with self.db.begin() as conn:
             await conn.execute(statement, [{"k_session": k} for k in keys])

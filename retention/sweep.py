@@ -13,10 +13,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from retention.budget import CallStats
+from retention.clocks import Clock, ClockReading, utc_now
 from retention.models import (
     Agent,
     AgentRecord,
@@ -25,19 +26,16 @@ from retention.models import (
     Conversation,
     DecisionKind,
     DeleteOutcome,
+    Fact,
     Listing,
     State,
     SweepReport,
     TrackedConversation,
 )
 from retention.policy import Rules
+from retention.timefmt import format_duration
 
 Progress = Callable[[str, int], None]  # ("pages" | "deletions", how many so far)
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Api(Protocol):
@@ -45,16 +43,20 @@ class Api(Protocol):
 
     stats: CallStats
 
+    @property
+    def clock_reading(self) -> ClockReading | None: ...
     async def list_agents(self) -> list[Agent]: ...
     async def list_conversations(
         self, agent_id: int, *, newer_than: int | None = None
     ) -> Listing: ...
     async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome: ...
-    async def last_activity(self, agent_id: int, session_id: str) -> datetime | None: ...
+    async def last_activity(
+        self, agent_id: int, session_id: str, *, urgent: bool = False
+    ) -> datetime | None: ...
     async def agent_settings(self, agent_id: int) -> AgentSettings: ...
     async def create_conversation(self, agent_id: int, name: str) -> Conversation: ...
     async def conversation_info(
-        self, agent_id: int, session_id: str
+        self, agent_id: int, session_id: str, *, urgent: bool = False
     ) -> tuple[Conversation, datetime | None]: ...
 
 
@@ -136,6 +138,11 @@ class EngineOptions:
     # After a failed DELETE, wait this long before the next, doubling per attempt up to an hour:
     # a conversation the API keeps refusing must not eat the request budget every minute.
     retry_backoff: timedelta = timedelta(minutes=1)
+    # A deletion resting on a name, an updated_at or a newest message read longer ago than this
+    # reads them again first.
+    facts_max_age: timedelta = timedelta(minutes=10)
+    # Delete nothing while the local clock and the server's Date differ by more than this.
+    max_clock_skew: timedelta = timedelta(minutes=5)
 
 
 class AgentGate:
@@ -243,6 +250,39 @@ class Sweep:
             age_from=decision.age_from,
         )
 
+    def stale_facts(self, conversation: TrackedConversation, now: datetime) -> frozenset[Fact]:
+        """What the decision to delete this conversation rests on and was read too long ago."""
+        facts = conversation.facts()
+        needs = self.rules.depends_on(facts, self.rules.decide(facts, now))
+        limit = self.options.facts_max_age
+        stale: set[Fact] = set()
+        if needs & {Fact.NAME, Fact.UPDATED} and _older(conversation.facts_at, now, limit):
+            stale |= needs & {Fact.NAME, Fact.UPDATED}
+        activity_limit = min(limit, self.options.activity_fresh)
+        if Fact.ACTIVITY in needs and _older(conversation.activity_checked_at, now, activity_limit):
+            stale.add(Fact.ACTIVITY)
+        return frozenset(stale)
+
+    def clock_skew_problem(self) -> str | None:
+        """Why the local clock is not to be trusted, or None when it agrees with the server's.
+
+        Ages are measured on the local clock: one that runs ahead deletes early. So it must
+        agree with the server's ``Date`` on the latest response within ``max_clock_skew``.
+        None too when no response has told the server's time yet (the deletion waits for one).
+        """
+        reading = self.api.clock_reading
+        if reading is None:
+            return None
+        if abs(reading.skew) > self.options.max_clock_skew:
+            ahead = "behind" if reading.skew > timedelta(0) else "ahead of"
+            return (
+                f"the local clock ({reading.local.isoformat(timespec='seconds')}) is "
+                f"{format_duration(abs(reading.skew))} {ahead} the server's Date "
+                f"({reading.server.isoformat(timespec='seconds')}), more than max_clock_skew "
+                f"{format_duration(self.options.max_clock_skew)}"
+            )
+        return None
+
     def dry_run(self, conversation: TrackedConversation) -> bool:
         """Whether acting on this conversation only says what it would do."""
         return self.options.dry_run or conversation.dry_run
@@ -250,3 +290,7 @@ class Sweep:
     def note(self, event: str, count: int) -> None:
         if self.progress is not None:
             self.progress(event, count)
+
+
+def _older(moment: datetime | None, now: datetime, limit: timedelta) -> bool:
+    return moment is None or now - moment > limit

@@ -50,6 +50,7 @@ async def _keep(
         "updated_at": remote.updated_at,
         "ttl": ttl,
         "ttl_from": now if ttl is not None else None,
+        "facts_at": now,
         **(extra or {}),
     }
     if known is None:

@@ -179,18 +179,21 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
         problems.append("the store is not reachable")
     health = ctx.health
     now = ctx.engine.clock()
-    if health is not None and health.failing_since is not None:
-        failing = now - health.failing_since
+    for kind, since in sorted((health.failing_since if health else {}).items()):
+        failing = now - since
         if failing > ctx.ready_after_failing:
-            problems.append(f"sweeps have been failing for {int(failing.total_seconds())}s")
+            seconds = int(failing.total_seconds())
+            problems.append(f"{kind} sweeps have been failing for {seconds}s")
+    if (skew := ctx.engine.context.clock_skew_problem()) is not None:
+        problems.append(f"deleting nothing: {skew}")
     body: dict[str, Any] = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
     }
     if health is not None:
-        body["last_success_at"] = (
-            health.last_success_at.isoformat() if health.last_success_at else None
-        )
+        successes = health.last_success_at
+        body["last_success_at"] = max(successes.values()).isoformat() if successes else None
+        body["last_success_by_job"] = {k: v.isoformat() for k, v in sorted(successes.items())}
     return web.json_response(body, status=200 if not problems else 503)
 
 

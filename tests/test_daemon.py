@@ -46,14 +46,15 @@ async def test_daemon_survives_a_sweep_that_raises(
     emulator.faults.append(Fault.status(500, path="*/conversations", times=-1))
     daemon = Daemon(make_engine((TEST_CHATS,)), discover=FAST, delete=FAST)
     running = asyncio.create_task(daemon.run())
-    await wait_for(lambda: daemon.health.failing_since is not None)
+    await wait_for(lambda: "discover" in daemon.health.failing_since)
     emulator.faults.clear()
     await wait_for(lambda: not (set(due) & emulator.live_sessions(532)))
     daemon.request_stop()
     assert await asyncio.wait_for(running, timeout=10) == 0
     failures = [r for r in caplog.records if r.getMessage() == "discover sweep failed"]
     assert failures and failures[0].exc_info is not None, "logged with its traceback"
-    assert daemon.health.last_success_at is not None
+    assert set(daemon.health.last_success_at) == {"discover", "delete"}
+    assert daemon.health.failing_since == {}
 
 
 async def test_stop_lets_the_running_sweep_finish_its_item_and_takes_no_more(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from retention.emulator import Emulator, Fault
 
@@ -122,3 +123,49 @@ async def test_no_token_appears_anywhere_in_a_whole_sessions_output(
         assert secret not in metrics
     db = (tmp_path / "r.db").read_bytes()
     assert API_TOKEN.encode() not in db and ADMIN_TOKEN.encode() not in db
+
+
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), None)
+
+
+@pytest.mark.skipif(
+    LIBFAKETIME is None,
+    reason="needs libfaketime (Debian package faketime; .ci/run installs it)",
+)
+async def test_a_daemon_whose_clock_runs_a_day_ahead_deletes_nothing(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The whole daemon under libfaketime, a day ahead of the emulator's (true) clock: a chat
+    due in 30 minutes looks a day old to it, and must not be deleted."""
+    admin_port = free_port()
+    young = emulator.state.add_conversation(
+        532, "Test young", created_at=datetime.now(UTC) - timedelta(minutes=30)
+    )
+    async with emulator.serve() as url:
+        config = tmp_path / "retention.toml"
+        config.write_text(
+            CONFIG.format(url=url, db=tmp_path / "r.db", admin_port=admin_port), encoding="utf-8"
+        )
+        # libfaketime, preloaded into the daemon alone: its clock runs a day ahead.
+        env = {"CUSTOMGPT_API_TOKEN": API_TOKEN, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "+1d"}
+        emulator.token = API_TOKEN
+        process = await start(config, "run", env=env)
+        admin = f"http://127.0.0.1:{admin_port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                await _until_up(http, admin)
+                await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 3)
+                await asyncio.sleep(2.5)  # two deletion sweeps at least (every 1s)
+                async with http.get(admin + "/readyz") as response:
+                    assert response.status == 503
+                    problems = (await response.json())["problems"]
+                async with http.get(admin + "/metrics") as response:
+                    metrics = await response.text()
+        finally:
+            code, output = await stop(process)
+    assert code == 0
+    assert young.session_id in emulator.live_sessions(532)
+    assert emulator.calls("DELETE") == []
+    assert any("1d ahead of the server's Date" in p for p in problems), problems
+    assert "retention_clock_skew_exceeded 1.0" in metrics
+    assert "deleting nothing this sweep: the local clock" in output, output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,11 +17,11 @@ from retention.emulator import Emulator
 from retention.engine import Engine
 from retention.errors import ConfigError
 from retention.metrics import Metrics
-from retention.policy import Policy
+from retention.policy import Policy, Rules
 from retention.store import Store
 from retention.web import AdminContext, serve
 
-from .conftest import EngineFactory
+from .conftest import ClientFactory, EngineFactory
 
 ADMIN = "admin-SECRET-42"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -37,7 +38,11 @@ def engine(make_engine: EngineFactory) -> Engine:
 @pytest.fixture
 def context(engine: Engine, store: Store) -> AdminContext:
     api = engine.context.api
-    metrics = Metrics(stats=api.stats, budget=api.budget)  # type: ignore[attr-defined]
+    metrics = Metrics(
+        stats=api.stats,
+        budget=api.budget,  # type: ignore[attr-defined]
+        clock_reading=lambda: api.clock_reading,
+    )
     engine.listeners.append(metrics.observe_sweep)
     return AdminContext(
         engine=engine,
@@ -73,11 +78,41 @@ async def test_healthz_and_readyz(
     status, body = await call(http, "GET", admin + "/readyz")
     assert status == 200 and body["status"] == "ready"
     assert context.health is not None
-    context.health.failing_since = datetime.now(UTC) - timedelta(minutes=5)
+    context.health.failing_since["discover"] = datetime.now(UTC) - timedelta(minutes=5)
     assert (await call(http, "GET", admin + "/readyz"))[0] == 200, "failing, but not for long"
-    context.health.failing_since = datetime.now(UTC) - timedelta(minutes=20)
+    context.health.failing_since["discover"] = datetime.now(UTC) - timedelta(minutes=20)
+    # Deletions succeeding meanwhile do not hide a discovery that keeps failing.
+    context.health.last_success_at["delete"] = datetime.now(UTC)
     status, body = await call(http, "GET", admin + "/readyz")
-    assert status == 503 and "sweeps have been failing" in body["problems"][0]
+    assert status == 503 and body["problems"][0].startswith("discover sweeps have been failing")
+    assert list(body["last_success_by_job"]) == ["delete"]
+
+
+async def test_a_skewed_clock_fails_readiness_and_shows_in_metrics(
+    http: aiohttp.ClientSession, make_client: ClientFactory, store: Store, context: AdminContext
+) -> None:
+    def ahead() -> datetime:
+        return datetime.now(UTC) + timedelta(days=1)
+
+    client = make_client(clock=ahead)
+    engine = Engine(client, store, Rules((TEST_CHATS,), ()), clock=ahead)
+    await engine.sweep()
+    skewed = replace(
+        context,
+        engine=engine,
+        metrics=Metrics(
+            stats=client.stats, budget=client.budget, clock_reading=lambda: client.clock_reading
+        ),
+    )
+    async with serve(skewed, "127.0.0.1:0") as url:
+        status, body = await call(http, "GET", url + "/readyz")
+        assert status == 503
+        assert body["problems"][0].startswith("deleting nothing: the local clock (")
+        assert "1d ahead of the server's Date" in body["problems"][0]
+        _, text = await call(http, "GET", url + "/metrics")
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["retention_clock_skew_exceeded"] == 1
+    assert samples["retention_clock_skew_seconds"] == pytest.approx(-86400, abs=5)
 
 
 async def test_metrics_parse_and_show_every_series(
@@ -100,6 +135,8 @@ async def test_metrics_parse_and_show_every_series(
         "retention_sweep_duration_seconds",
         "retention_last_successful_sweep_timestamp_seconds",
         "retention_api_budget_remaining",
+        "retention_clock_skew_seconds",
+        "retention_clock_skew_exceeded",
     ):
         assert name in families, name
     samples = {
@@ -113,6 +150,8 @@ async def test_metrics_parse_and_show_every_series(
         == 1
     )
     assert samples[("retention_api_calls_total", (("kind", "delete"), ("status", "200")))] == 1
+    assert abs(samples[("retention_clock_skew_seconds", ())]) < 5, "the emulator's clock is ours"
+    assert samples[("retention_clock_skew_exceeded", ())] == 0
     assert samples[("retention_sweep_duration_seconds_count", (("kind", "once"),))] == 1
 
 
