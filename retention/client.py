@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -320,7 +321,7 @@ class CustomGPTClient:
                 ) as response:
                     body = await response.read()
                     status, headers = response.status, response.headers
-                    received = self._clock()
+                    received, received_mono = self._clock(), time.monotonic()
             except TimeoutError:
                 self.stats.record(kind, "timeout")
                 raise TransientApiError(
@@ -333,7 +334,9 @@ class CustomGPTClient:
                 ) from None
         server_time = payloads.server_time(headers)
         if server_time is not None:
-            self._clock_reading = ClockReading(local=received, server=server_time)
+            self._clock_reading = ClockReading(
+                local=received, server=server_time, monotonic=received_mono
+            )
         self.budget.observe(headers, ok=status < 400)
         if status >= 400:
             self.stats.record(kind, str(status))

@@ -82,7 +82,7 @@ def _clock_trusted(sweep: Sweep, report: SweepReport) -> bool:
     if sweep.api.clock_reading is None:
         problem = "no response from the API has told the server's time yet"
     else:
-        problem = sweep.clock_skew_problem()
+        problem = sweep.clock_skew_problem(sweep.clock())
     if problem is None:
         return True
     report.held_back = problem

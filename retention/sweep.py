@@ -10,6 +10,7 @@ and :mod:`retention.tracking` take it as their first argument and import no engi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -201,6 +202,7 @@ class Sweep:
     clock: Clock = utc_now
     progress: Progress | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    monotonic: Callable[[], float] = time.monotonic  # carries the server's time forward
     _gates: dict[int, AgentGate] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -263,22 +265,27 @@ class Sweep:
             stale.add(Fact.ACTIVITY)
         return frozenset(stale)
 
-    def clock_skew_problem(self) -> str | None:
-        """Why the local clock is not to be trusted, or None when it agrees with the server's.
+    def clock_skew_problem(self, now: datetime) -> str | None:
+        """Why the local clock is not to be trusted now, or None when it agrees with the server's.
 
         Ages are measured on the local clock: one that runs ahead deletes early. So it must
-        agree with the server's ``Date`` on the latest response within ``max_clock_skew``.
-        None too when no response has told the server's time yet (the deletion waits for one).
+        agree within ``max_clock_skew`` with the server's ``Date`` on the latest response,
+        carried forward to ``now`` on the monotonic clock (a wall clock stepped since that
+        response shows too). None when no response has told the server's time yet (the
+        deletion waits for one).
         """
         reading = self.api.clock_reading
         if reading is None:
             return None
-        if abs(reading.skew) > self.options.max_clock_skew:
-            ahead = "behind" if reading.skew > timedelta(0) else "ahead of"
+        skew = reading.skew_at(now, self.monotonic())
+        if abs(skew) > self.options.max_clock_skew:
+            ahead = "behind" if skew > timedelta(0) else "ahead of"
+            server_now = now + skew
             return (
-                f"the local clock ({reading.local.isoformat(timespec='seconds')}) is "
-                f"{format_duration(abs(reading.skew))} {ahead} the server's Date "
-                f"({reading.server.isoformat(timespec='seconds')}), more than max_clock_skew "
+                f"the local clock ({now.isoformat(timespec='seconds')}) is "
+                f"{format_duration(abs(skew))} {ahead} the server's Date "
+                f"({server_now.isoformat(timespec='seconds')}, carried forward from the last "
+                f"response), more than max_clock_skew "
                 f"{format_duration(self.options.max_clock_skew)}"
             )
         return None

@@ -184,7 +184,7 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
         if failing > ctx.ready_after_failing:
             seconds = int(failing.total_seconds())
             problems.append(f"{kind} sweeps have been failing for {seconds}s")
-    if (skew := ctx.engine.context.clock_skew_problem()) is not None:
+    if (skew := ctx.engine.context.clock_skew_problem(now)) is not None:
         problems.append(f"deleting nothing: {skew}")
     body: dict[str, Any] = {
         "status": "ready" if not problems else "not ready",

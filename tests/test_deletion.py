@@ -199,3 +199,24 @@ async def test_a_recent_message_is_not_read_twelve_hours_early_under_a_skewed_se
     assert report.held_back is None
     assert emulator.calls("DELETE") == [] and {c.session_id for c in chats} <= alive(emulator)
     assert report.postponed == 5, "read, and found recent"
+
+
+async def test_a_wall_clock_stepped_since_the_last_response_deletes_nothing(
+    emulator: Emulator, make_client: ClientFactory, store: Store
+) -> None:
+    """The clock jumps a day after discovery and before any new response could tell: the last
+    reading, carried forward on the monotonic clock, tells at once."""
+    step = [timedelta(0)]
+
+    def wall() -> datetime:
+        return datetime.now(UTC) + step[0]
+
+    by_age = Policy(name="day", agents=frozenset({AGENT}), max_age=timedelta(hours=24))
+    chats = [add(emulator, f"Chat {n}", age=timedelta(hours=8)) for n in range(4)]
+    engine = Engine(make_client(clock=wall), store, Rules((by_age,), ()), clock=wall)
+    assert (await engine.sweep("discover", delete=False)).listed == 4
+    step[0] = timedelta(days=1)  # an NTP step, a resumed VM
+    report = await engine.sweep("delete", discover=False)
+    assert report.due == 4, "a day later by the stepped clock, they look due"
+    assert report.held_back is not None and "1d ahead of the server's Date" in report.held_back
+    assert emulator.calls("DELETE") == [] and {c.session_id for c in chats} <= alive(emulator)
