@@ -1,7 +1,9 @@
 """The CustomGPT API adapter: pagination, request budget, retries, and error translation.
 
 Everything aiohttp raises becomes an :mod:`retention.errors` exception here, and every JSON body
-becomes a dataclass from :mod:`retention.models` here: nothing downstream sees a dict.
+becomes a dataclass from :mod:`retention.models` here: nothing downstream sees a dict. The
+server's own text (error messages, values quoted by a parse error) is scrubbed of every secret
+here, where it enters, before it can reach a log, the store, the admin surface or the CLI.
 
 Cost in calls: listing an agent costs one call per page (``per_page`` is the server's choice),
 the newest-message time one call per conversation, every other operation one call, plus any
@@ -32,6 +34,7 @@ from retention.errors import (
     RateLimited,
     TransientApiError,
 )
+from retention.logs import Secrets
 from retention.models import (
     Agent,
     AgentSettings,
@@ -64,10 +67,15 @@ class CustomGPTClient:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         clock: Clock = utc_now,
+        secrets: Secrets | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url if base_url.endswith("/") else base_url + "/"
         self._token = token
+        # What the server's text must never carry on: our token, and whatever else the runtime
+        # says is secret (the admin token, which this client never sends).
+        self._secrets = secrets if secrets is not None else Secrets()
+        self._secrets.add(token.get_secret_value())
         self.budget = budget
         self.stats = stats if stats is not None else CallStats()
         self._max_attempts = max_attempts
@@ -340,6 +348,7 @@ class CustomGPTClient:
         self.budget.observe(headers, ok=status < 400)
         if status >= 400:
             self.stats.record(kind, str(status))
+        scrub = self._secrets.scrub
         if status == 429:
             retry_after = retry_after_seconds(headers)
             paused = self.budget.pause(retry_after)
@@ -347,16 +356,19 @@ class CustomGPTClient:
                 "rate limited on %s %s: pausing all calls for %.1fs", method, path, paused
             )
             raise RateLimited(
-                payloads.error_text(body), retry_after=retry_after, status=status, **where
+                payloads.error_text(body, scrub=scrub),
+                retry_after=retry_after,
+                status=status,
+                **where,
             )
         if status >= 500:
-            raise TransientApiError(payloads.error_text(body), status=status, **where)
+            raise TransientApiError(payloads.error_text(body, scrub=scrub), status=status, **where)
         if status in (401, 403):
-            raise AuthError(payloads.error_text(body), status=status, **where)
+            raise AuthError(payloads.error_text(body, scrub=scrub), status=status, **where)
         if status == 404:
-            raise NotFoundError(payloads.error_text(body), status=status, **where)
+            raise NotFoundError(payloads.error_text(body, scrub=scrub), status=status, **where)
         if status >= 400:
-            raise BadRequestError(payloads.error_text(body), status=status, **where)
+            raise BadRequestError(payloads.error_text(body, scrub=scrub), status=status, **where)
         try:
             result = parse(
                 payloads.Response(
@@ -366,7 +378,9 @@ class CustomGPTClient:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             self.stats.record(kind, "malformed")
             raise TransientApiError(
-                f"malformed response body: {payloads.describe_error(exc)}", status=status, **where
+                f"malformed response body: {payloads.describe_error(exc, scrub=scrub)}",
+                status=status,
+                **where,
             ) from None
         self.stats.record(kind, str(status))
         return result

@@ -10,8 +10,9 @@
           +-- NotFoundError     404 (a delete turns it into the "already gone" outcome)
           +-- BadRequestError   any other 4xx: never retried
 
-No message built here ever contains the API token: errors carry the call kind, the method, the
-path and the status, never headers.
+No message built here ever contains a token: errors carry the call kind, the method, the path
+and the status, never headers, and the client scrubs the server's own text (which may echo a
+token) before it puts it into an ApiError.
 """
 
 from __future__ import annotations

@@ -1,14 +1,59 @@
-"""Logging set-up: readable text on a terminal, JSON lines elsewhere, always on stderr."""
+"""Logging set-up: readable text on a terminal, JSON lines elsewhere, always on stderr.
+
+:class:`Secrets` is the one list of values no output may show (the API and admin tokens). The
+runtime builds it; the API client scrubs the server's text with it where that text enters, and
+the log handler scrubs every record with it, whatever the record carries.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TextIO
+from urllib.parse import quote
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+MASK = "***"
+# Any bearer credential, ours or not: also catches one the server cut short before echoing it.
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;)\]}]+")
+
+
+class Secrets:
+    """The values no log line, stored text, HTTP answer or CLI line may show.
+
+    Each value is also known in its URL-encoded and JSON-escaped forms; ``scrub`` replaces them
+    all, longest first, with ``***``, and masks whatever follows ``Bearer``. Empty values are
+    ignored. Its repr never shows a value.
+    """
+
+    __slots__ = ("_forms",)
+
+    def __init__(self, values: Iterable[str | None] = ()) -> None:
+        self._forms: list[str] = []
+        for value in values:
+            self.add(value)
+
+    def add(self, value: str | None) -> None:
+        if not value:
+            return
+        forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
+        self._forms = sorted(set(self._forms) | forms, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def __repr__(self) -> str:
+        return f"Secrets({len(self._forms)} forms)"
+
+    def scrub(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return _BEARER.sub(rf"\g<1>{MASK}", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,28 +69,74 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str)
 
 
 class RedactFilter(logging.Filter):
-    """Last line of defence: replace any registered secret in a formatted record with ***."""
+    """Last line of defence: mask every secret in what a record will print.
 
-    def __init__(self, secrets: list[str]) -> None:
+    That is the message with its arguments, the traceback (formatted here into ``exc_text``,
+    which both formatters print instead of formatting it again), the stack, and every ``extra``
+    field, nested values included.
+    """
+
+    def __init__(self, secrets: Secrets) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s]
+        self.secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
+        scrub = self.secrets.scrub
         message = record.getMessage()
-        cleaned = message
-        for secret in self.secrets:
-            cleaned = cleaned.replace(secret, "***")
+        cleaned = scrub(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and not key.startswith("_"):
+                record.__dict__[key] = _scrubbed(value, scrub)
         return True
+
+
+class _RedactingHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that masks the secrets once more in the finished line."""
+
+    def __init__(self, stream: TextIO, secrets: Secrets) -> None:
+        super().__init__(stream)
+        self.secrets = secrets
+        self.addFilter(RedactFilter(secrets))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.secrets.scrub(super().format(record))
+
+
+_PLAIN = logging.Formatter()
+
+
+def _scrubbed(value: object, scrub: Callable[[str], str]) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {_scrubbed(k, scrub): _scrubbed(v, scrub) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrubbed(v, scrub) for v in value]
+    text = str(value)  # what the JSON formatter would print
+    cleaned = scrub(text)
+    return value if cleaned == text else cleaned
 
 
 def configure(
@@ -53,22 +144,23 @@ def configure(
     level: str = "INFO",
     fmt: str = "auto",
     stream: TextIO | None = None,
-    secrets: list[str] | None = None,
+    secrets: Secrets | Iterable[str] | None = None,
 ) -> logging.Handler:
     """Install one stderr handler on the root logger and return it.
 
     ``fmt`` is "json", "text" or "auto" (text when the stream is a terminal, JSON otherwise).
+    ``secrets`` are masked in every line it writes.
     """
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    handler = logging.StreamHandler(out)
+    masked = secrets if isinstance(secrets, Secrets) else Secrets(secrets or ())
+    handler = _RedactingHandler(out, masked)
     if use_json:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
-    handler.addFilter(RedactFilter(secrets or []))
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_retention", False):

@@ -8,12 +8,14 @@ those into a retried TransientApiError.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from retention.models import Agent, AgentSettings, Conversation, ConversationPage
 from retention.timefmt import parse_http_date, parse_timestamp
+
+MAX_TEXT = 200  # the most of the server's own text an error carries
 
 
 class Response:
@@ -49,22 +51,27 @@ def server_time(headers: Mapping[str, str]) -> datetime | None:
     return parse_http_date(headers.get("Date"))
 
 
-def error_text(body: bytes) -> str:
-    """The message of the API's error envelope; we decide on status codes, never on this text."""
+def error_text(body: bytes, *, scrub: Callable[[str], str]) -> str:
+    """The message of the API's error envelope; we decide on status codes, never on this text.
+
+    The server's text may echo a token: ``scrub`` masks it before the text is cut to length, so
+    that a cut cannot leave half a token behind.
+    """
     try:
         payload = json.loads(body)
         message = payload["data"]["message"]
         if isinstance(message, str) and message:
-            return message[:200]
+            return scrub(message)[:MAX_TEXT]
     except (ValueError, TypeError, KeyError):
         pass
     return "no error message (body is not the API's JSON error envelope)"
 
 
-def describe_error(exc: Exception) -> str:
+def describe_error(exc: Exception, *, scrub: Callable[[str], str]) -> str:
+    """What was wrong with a malformed body; a parse error may quote the server's values."""
     if isinstance(exc, KeyError):
-        return f"missing field {exc.args[0]!r}"
-    return str(exc) or type(exc).__name__
+        return scrub(f"missing field {exc.args[0]!r}")[:MAX_TEXT]
+    return scrub(str(exc) or type(exc).__name__)[:MAX_TEXT]
 
 
 def paginator(response: Response) -> dict[str, Any]:

@@ -13,7 +13,10 @@ class Fault:
 
     ``times`` is how many matching requests it spoils (-1: all). Build one with the class
     methods: ``Fault.status(503)``, ``Fault.malformed()``, ``Fault.html()``, ``Fault.reset()``,
-    ``Fault.delay(2.0)``, ``Fault.hang()``.
+    ``Fault.delay(2.0)``, ``Fault.hang()``, ``Fault.echo_token(500)``.
+
+    ``echo`` is an error message in which ``{authorization}`` becomes the request's
+    Authorization header, as careless servers do.
     """
 
     path: str = "*"
@@ -24,6 +27,7 @@ class Fault:
     content_type: str = "application/json"
     delay_s: float = 0.0
     reset_connection: bool = False
+    echo: str | None = None
 
     @classmethod
     def status(cls, code: int, path: str = "*", **kw: Any) -> Fault:
@@ -49,6 +53,17 @@ class Fault:
     @classmethod
     def hang(cls, path: str = "*", **kw: Any) -> Fault:
         return cls(path=path, delay_s=3600.0, **kw)
+
+    @classmethod
+    def echo_token(
+        cls,
+        code: int = 500,
+        path: str = "*",
+        message: str = "Request failed for Authorization: {authorization}",
+        **kw: Any,
+    ) -> Fault:
+        """An error answer whose message repeats the request's Authorization header."""
+        return cls(path=path, status_code=code, echo=message, **kw)
 
     def matches(self, method: str, path: str) -> bool:
         if self.times == 0:

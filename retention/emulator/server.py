@@ -173,6 +173,10 @@ class Emulator:
             raise asyncio.CancelledError  # nothing more to send: the peer sees a reset
         if fault.status_code is None:
             return None  # only a delay
+        if fault.echo is not None:
+            authorization = request.headers.get("Authorization", "")
+            message = fault.echo.replace("{authorization}", authorization)
+            return _error(request, fault.status_code, message)
         if fault.body is not None:
             return web.Response(
                 status=fault.status_code, text=fault.body, content_type=fault.content_type
