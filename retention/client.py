@@ -195,7 +195,12 @@ class CustomGPTClient:
         )
 
     async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome:
-        """DELETE one conversation. A 404 means it is gone already, which is not an error.
+        """DELETE one conversation. A 404 means it is gone, which is not an error.
+
+        A 404 on the first attempt (or after attempts the server cannot have acted on, such as
+        429s) means somebody else deleted it: ``ALREADY_GONE``. A 404 on a retry after an
+        attempt that failed once the server may have acted (a 5xx, a reset, a timeout) confirms
+        our own DELETE: ``DELETED_CONFIRMED_BY_404``.
 
         Always urgent: a due deletion keeps at least half the budget while it waits.
         """
@@ -207,7 +212,9 @@ class CustomGPTClient:
                 parse=payloads.deleted,
                 urgent=True,
             )
-        except NotFoundError:
+        except NotFoundError as exc:
+            if exc.after_failed_attempt:
+                return DeleteOutcome.DELETED_CONFIRMED_BY_404
             return DeleteOutcome.ALREADY_GONE
         return DeleteOutcome.DELETED
 
@@ -271,12 +278,20 @@ class CustomGPTClient:
             wait=self._wait_for,
             reraise=True,
         )
+        acted = False  # whether an attempt failed after the server may have acted on it
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(
-                        kind, method, path, parse, params, json_body, urgent=urgent
-                    )
+                    try:
+                        return await self._attempt(
+                            kind, method, path, parse, params, json_body, urgent=urgent
+                        )
+                    except TransientApiError as exc:
+                        acted = acted or exc.may_have_acted
+                        raise
+                    except NotFoundError as exc:
+                        exc.after_failed_attempt = exc.after_failed_attempt or acted
+                        raise
         except TransientApiError as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             raise type(exc)(
@@ -285,6 +300,7 @@ class CustomGPTClient:
                 method=method,
                 path="/" + path,
                 status=exc.status,
+                may_have_acted=acted,
                 **({"retry_after": exc.retry_after} if isinstance(exc, RateLimited) else {}),
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
@@ -314,6 +330,7 @@ class CustomGPTClient:
         urgent: bool,
     ) -> T:
         where: dict[str, Any] = {"kind": kind, "method": method, "path": "/" + path}
+        dropped = _DropWatch()
         async with self._slots.hold(urgent=urgent):
             # Take the budget only once a slot is ours, so a 429 that arrived while we queued
             # for the slot still holds us back.
@@ -326,19 +343,28 @@ class CustomGPTClient:
                     json=json_body,
                     headers=self._headers(),
                     timeout=self._timeout,
+                    middlewares=(dropped,),
                 ) as response:
                     body = await response.read()
                     status, headers = response.status, response.headers
                     received, received_mono = self._clock(), time.monotonic()
-            except TimeoutError:
+            except TimeoutError as exc:
                 self.stats.record(kind, "timeout")
+                # A connect timeout never reached the server; any later one may have.
+                connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
                 raise TransientApiError(
-                    f"no answer within {self._timeout.total:g}s", **where
+                    f"no answer within {self._timeout.total:g}s",
+                    may_have_acted=not connecting,
+                    **where,
                 ) from None
             except aiohttp.ClientError as exc:
                 self.stats.record(kind, "connection")
+                # No connection at all: the request was never sent.
+                connecting = isinstance(exc, aiohttp.ClientConnectorError)
                 raise TransientApiError(
-                    f"connection failed ({type(exc).__name__})", **where
+                    f"connection failed ({type(exc).__name__})",
+                    may_have_acted=not connecting,
+                    **where,
                 ) from None
         server_time = payloads.server_time(headers)
         if server_time is not None:
@@ -366,7 +392,11 @@ class CustomGPTClient:
         if status in (401, 403):
             raise AuthError(payloads.error_text(body, scrub=scrub), status=status, **where)
         if status == 404:
-            raise NotFoundError(payloads.error_text(body, scrub=scrub), status=status, **where)
+            missing = NotFoundError(payloads.error_text(body, scrub=scrub), status=status, **where)
+            # aiohttp resent the request itself after the connection dropped under the first
+            # send, which the server may have acted on: the 404 may answer our own request.
+            missing.after_failed_attempt = dropped.after_sending
+            raise missing
         if status >= 400:
             raise BadRequestError(payloads.error_text(body, scrub=scrub), status=status, **where)
         try:
@@ -391,6 +421,32 @@ class CustomGPTClient:
             "Accept": "application/json",
             "User-Agent": f"retention/{__version__}",
         }
+
+
+class _DropWatch:
+    """An aiohttp client middleware that notes a connection dropped after the request was sent.
+
+    aiohttp resends an idempotent request (a DELETE too) once when the connection drops
+    (RFC 9112 section 9.3.1), inside one ``session.request``: without this, a DELETE that the
+    server carried out before the drop would come back as a bare 404 on what looks like the
+    first attempt.
+    """
+
+    __slots__ = ("after_sending",)
+
+    def __init__(self) -> None:
+        self.after_sending = False
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await handler(request)
+        except aiohttp.ClientConnectorError:
+            raise  # never connected: nothing was sent, and aiohttp does not resend it
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+            self.after_sending = True
+            raise
 
 
 __all__ = ["ApiError", "CustomGPTClient"]

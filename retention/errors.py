@@ -7,7 +7,8 @@
           +-- TransientApiError 5xx, timeout, reset, malformed body: retried within bounds
           |    +-- RateLimited  429; the whole request budget pauses
           +-- AuthError         401 or 403: never retried
-          +-- NotFoundError     404 (a delete turns it into the "already gone" outcome)
+          +-- NotFoundError     404 (a delete turns it into "already gone", or into "deleted,
+          |                          confirmed by 404" when it answers a retry)
           +-- BadRequestError   any other 4xx: never retried
 
 No message built here ever contains a token: errors carry the call kind, the method, the path
@@ -60,7 +61,25 @@ class ApiError(RetentionError):
 
 
 class TransientApiError(ApiError):
-    """A failure worth retrying: 5xx, timeout, connection reset, malformed success body."""
+    """A failure worth retrying: 5xx, timeout, connection reset, malformed success body.
+
+    ``may_have_acted`` is False only when the request cannot have reached the server's
+    application (a refused connection, a connect timeout, a 429); a 5xx, a reset or a timeout
+    after sending may come after the server did what was asked.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        method: str,
+        path: str,
+        status: int | None = None,
+        may_have_acted: bool = True,
+    ) -> None:
+        self.may_have_acted = may_have_acted
+        super().__init__(message, kind=kind, method=method, path=path, status=status)
 
 
 class RateLimited(TransientApiError):
@@ -68,6 +87,7 @@ class RateLimited(TransientApiError):
 
     def __init__(self, message: str, *, retry_after: float | None, **kw: object) -> None:
         self.retry_after = retry_after
+        kw.setdefault("may_have_acted", False)
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
@@ -76,7 +96,14 @@ class AuthError(ApiError):
 
 
 class NotFoundError(ApiError):
-    """HTTP 404: the agent or conversation does not exist (any more)."""
+    """HTTP 404: the agent or conversation does not exist (any more).
+
+    ``after_failed_attempt`` is True when an earlier attempt of the same call failed after the
+    server may have acted on it (see :attr:`TransientApiError.may_have_acted`): for a DELETE,
+    the 404 then most likely confirms our own first attempt.
+    """
+
+    after_failed_attempt: bool = False
 
 
 class BadRequestError(ApiError):

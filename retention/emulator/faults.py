@@ -15,8 +15,9 @@ class Fault:
     methods: ``Fault.status(503)``, ``Fault.malformed()``, ``Fault.html()``, ``Fault.reset()``,
     ``Fault.delay(2.0)``, ``Fault.hang()``, ``Fault.echo_token(500)``.
 
-    ``echo`` is an error message in which ``{authorization}`` becomes the request's
-    Authorization header, as careless servers do.
+    ``after=True`` serves the request first (a DELETE deletes) and then spoils the answer: a
+    5xx, a reset or a hang after the server acted. ``echo`` is an error message in which
+    ``{authorization}`` becomes the request's Authorization header, as careless servers do.
     """
 
     path: str = "*"
@@ -27,6 +28,7 @@ class Fault:
     content_type: str = "application/json"
     delay_s: float = 0.0
     reset_connection: bool = False
+    after: bool = False
     echo: str | None = None
 
     @classmethod

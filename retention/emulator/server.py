@@ -121,7 +121,10 @@ class Emulator:
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
-            response = await self._gate(request) or await self._injected(request)
+            response = await self._gate(request)
+            fault = self._fault(request) if response is None else None
+            if fault is not None and not fault.after:
+                response = await self._spoil(request, fault)
             if response is None:
                 try:
                     response = await handler(request)
@@ -131,6 +134,8 @@ class Emulator:
                     response = _error(request, 405, "Method Not Allowed")
                 except _Abort as abort:
                     response = abort.response
+                if fault is not None and fault.after:  # the server acted; the answer goes wrong
+                    response = await self._spoil(request, fault) or response
             record.status = response.status
             # The server's clock, on every answer as the real service sends it: tests shift it.
             response.headers["Date"] = format_datetime(self.clock().astimezone(UTC), usegmt=True)
@@ -159,12 +164,14 @@ class Emulator:
         response.headers.update(headers)
         return response
 
-    async def _injected(self, request: web.Request) -> web.StreamResponse | None:
+    def _fault(self, request: web.Request) -> Fault | None:
+        """The first fault matching this request, counted as used."""
         fault = next((f for f in self.faults if f.matches(request.method, request.path)), None)
-        if fault is None:
-            return None
-        if fault.times > 0:
+        if fault is not None and fault.times > 0:
             fault.times -= 1
+        return fault
+
+    async def _spoil(self, request: web.Request, fault: Fault) -> web.StreamResponse | None:
         if fault.delay_s:
             await asyncio.sleep(fault.delay_s)
         if fault.reset_connection:
