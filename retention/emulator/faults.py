@@ -13,7 +13,8 @@ class Fault:
 
     ``times`` is how many matching requests it spoils (-1: all). Build one with the class
     methods: ``Fault.status(503)``, ``Fault.malformed()``, ``Fault.html()``, ``Fault.reset()``,
-    ``Fault.delay(2.0)``, ``Fault.hang()``, ``Fault.echo_token(500)``.
+    ``Fault.delay(2.0)``, ``Fault.hang()``, ``Fault.echo_token(500)``,
+    ``Fault.ok_without_acting()``.
 
     ``after=True`` serves the request first (a DELETE deletes) and then spoils the answer: a
     5xx, a reset or a hang after the server acted. ``echo`` is an error message in which
@@ -66,6 +67,12 @@ class Fault:
     ) -> Fault:
         """An error answer whose message repeats the request's Authorization header."""
         return cls(path=path, status_code=code, echo=message, **kw)
+
+    @classmethod
+    def ok_without_acting(cls, path: str = "*", **kw: Any) -> Fault:
+        """200 with ``{"deleted": true}``, and nothing done: a DELETE that did not take."""
+        body = '{"status":"success","data":{"deleted":true}}'
+        return cls(path=path, status_code=200, body=body, **kw)
 
     def matches(self, method: str, path: str) -> bool:
         if self.times == 0:
