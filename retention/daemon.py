@@ -1,7 +1,7 @@
 """The daemon: APScheduler 3.x runs discovery and deletion sweeps; signals stop it gracefully.
 
-This is the only module that imports APScheduler. Jobs are rebuilt from the configuration at
-every start (in-memory job store). Each job is one sweep, ``max_instances=1`` and
+Only this module and :mod:`retention.triggers` import APScheduler. Jobs are rebuilt from the
+configuration at every start (in-memory job store). Each job is one sweep, ``max_instances=1`` and
 ``coalesce=True``: a slow sweep delays the next instead of piling up. A sweep that fails is
 logged with its traceback and the daemon runs on. On SIGTERM or SIGINT the daemon stops taking
 work, lets running sweeps finish their current item (bounded by ``stop_timeout``), and returns.
@@ -20,12 +20,10 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from retention.engine import Engine
-from retention.errors import ConfigError
 from retention.timefmt import format_duration
+from retention.triggers import build_trigger
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +36,7 @@ class Cadence:
     cron: str | None = None
 
     def trigger(self, key: str) -> BaseTrigger:
-        if self.cron is None:
-            return IntervalTrigger(seconds=self.every.total_seconds(), timezone=UTC)
-        try:
-            return CronTrigger.from_crontab(self.cron, timezone=UTC)
-        except ValueError as exc:
-            raise ConfigError(f"invalid cron expression {self.cron!r}: {exc}", key=key) from None
+        return build_trigger(self.every, self.cron, key=key)  # as `retention check` builds it
 
 
 @dataclass
