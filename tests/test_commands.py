@@ -94,6 +94,8 @@ def names(emulator: Emulator) -> set[str]:
 async def test_plan_json_lists_exactly_the_due_and_deletes_nothing(
     seeded: Emulator, config: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert await cli("db", "upgrade", "--config", config) == 0  # plan never creates a store
+    capsys.readouterr()
     assert await cli("plan", "--config", config, "--json") == 0
     out = capsys.readouterr().out
     plan = json.loads(out)  # stdout holds JSON and nothing else
@@ -114,6 +116,7 @@ async def test_plan_json_lists_exactly_the_due_and_deletes_nothing(
 
 
 async def test_plan_table_is_readable(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await cli("db", "upgrade", "--config", config) == 0
     assert await cli("plan", "--config", config) == 0
     captured = capsys.readouterr()
     assert "3 conversation(s) due" in captured.out
