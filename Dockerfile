@@ -25,9 +25,12 @@ FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 retention \
     && useradd --system --uid 10001 --gid retention --home-dir /data --shell /usr/sbin/nologin retention \
     && mkdir -p /data /etc/retention \
-    && chown retention:retention /data
+    && chown retention:retention /data \
+    && chmod 0700 /data
 COPY --from=build /opt/retention /opt/retention
-COPY config.example.toml /etc/retention/config.toml
+# No live config is baked in: mount yours at /etc/retention/config.toml (`run` without one exits
+# 2 saying so). The documented example is here to read, and `retention init -` prints a starter.
+COPY config.example.toml /usr/share/retention/config.example.toml
 ENV PATH=/opt/retention/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RETENTION_CONFIG=/etc/retention/config.toml \

@@ -3,6 +3,7 @@ Dockerfile say what the README promises."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def test_the_configmap_policy_file_is_valid(
     assert settings.admin.listen == "0.0.0.0:8080"
     assert settings.store.url == "sqlite+aiosqlite:////data/retention.db"
     assert [p.name for p in settings.policies] == ["qa-chats"]
+    assert settings.safety.dry_run is True, "it starts deleting nothing"
 
 
 def test_manifests_have_one_replica_probes_secret_and_volume() -> None:
@@ -63,7 +65,8 @@ def test_dockerfile_contract() -> None:
         "--require-hashes",
         "USER retention",
         'VOLUME ["/data"]',
-        "COPY config.example.toml /etc/retention/config.toml",
+        "COPY config.example.toml /usr/share/retention/config.example.toml",
+        "RETENTION_CONFIG=/etc/retention/config.toml",  # the mount point, not a baked file
         'ENTRYPOINT ["retention"]',
         'CMD ["run"]',
         "STOPSIGNAL SIGTERM",
@@ -71,7 +74,29 @@ def test_dockerfile_contract() -> None:
         'CMD ["retention", "probe"]',
     ):
         assert needle in dockerfile
+    # No live config is baked in: nothing is copied to where RETENTION_CONFIG points.
+    assert not re.search(r"^COPY .* /etc/retention", dockerfile, re.M)
     # Dependencies are layered before the code.
     assert dockerfile.index("COPY requirements.lock") < dockerfile.index(
         "COPY retention /src/retention"
     )
+
+
+def test_the_container_smoke_test_follows_the_image_layout() -> None:
+    """The image has no config at /etc/retention: the smoke test checks the example where the
+    image keeps it, expects `run` without a mount to exit 2, and mounts a config for the daemon."""
+    script = (REPO / "scripts" / "container-smoke").read_text(encoding="utf-8")
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    example = "/usr/share/retention/config.example.toml"
+    assert f"COPY config.example.toml {example}" in dockerfile
+    assert f"check --config {example}" in script
+    assert "check --config /etc/retention/config.toml" not in script
+    assert '"2:retention: error: /etc/retention/config.toml: file not found"' in script
+    assert "init - >" in script
+    assert script.count(":/etc/retention/config.toml:ro") == 2  # the starter, the daemon's
+
+
+def test_the_systemd_notes_start_from_a_safe_starter() -> None:
+    unit = (REPO / "deploy" / "retention.service").read_text(encoding="utf-8")
+    assert "retention init /etc/retention/config.toml" in unit
+    assert "config.example.toml /etc/retention/config.toml" not in unit
