@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
+    init = commands.add_parser(
+        "init",
+        help="write a starter config that deletes nothing (dry_run on, policies commented out)",
+        description="Write a starter config to PATH (default retention.toml; '-' for stdout): "
+        "dry_run = true and every policy commented out, so it can delete nothing as it stands. "
+        "Never overwrites a file (exit 2). Prints the next steps.",
+    )
+    init.add_argument("path", nargs="?", default="retention.toml", metavar="PATH")
+
     check = commands.add_parser(
         "check",
         help="validate the config and its policies (no token, no network needed)",
@@ -54,16 +63,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(plan)
     plan.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
+    plan.add_argument(
+        "--out", type=Path, metavar="FILE", help="also write the plan for `retention apply`"
+    )
+
+    apply = commands.add_parser(
+        "apply",
+        help="delete exactly what a plan file lists, where still due and unheld",
+        description="Delete the conversations a plan (`retention plan --out FILE`) lists that "
+        "are still due and unheld under the same rules; never any other. Refuses a plan made "
+        "under other rules, on another store, or older than --max-age. Approves the plan for "
+        "the mass-deletion breaker. Exit 3 when some it lists are still due afterwards.",
+    )
+    _config_option(apply)
+    apply.add_argument("plan_file", type=Path, metavar="FILE", help="the plan file")
+    apply.add_argument(
+        "--max-age", default="24h", help="refuse a plan older than this (default 24h)"
+    )
 
     once = commands.add_parser(
         "once",
         help="one full sweep (discover, evaluate, delete what is due), then exit",
-        description="Run one sweep and exit: 0 when it succeeded, 1 when it or a deletion failed.",
+        description="Run one sweep, batch after batch until nothing due is left, and exit: 0 "
+        "when it succeeded, 1 when it or a deletion failed, 3 when due conversations remain "
+        "(the mass-deletion breaker, the clock guard, a stop) and --max did not ask for that.",
     )
     _config_option(once)
     once.add_argument(
         "--dry-run", action="store_true", help="delete nothing; audit what would be deleted"
     )
+    once.add_argument(
+        "--max", type=_positive, metavar="N", help="take at most N due conversations, then stop"
+    )
+
+    approve = commands.add_parser(
+        "approve",
+        help="approve deleting what is due now, past the mass-deletion breaker",
+        description="Approve exactly the conversations due now (of one agent with --agent): the "
+        "breaker then lets them be deleted, over as many sweeps as the budget needs. Makes no "
+        "API call. Run `retention plan` first to see them.",
+    )
+    _config_option(approve)
+    approve.add_argument("--agent", type=_agent_id, help="only this agent's (default: all)")
 
     run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
     _config_option(run)
@@ -152,12 +193,14 @@ def _record_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _ttl(args: argparse.Namespace) -> timedelta | None:
-    if args.ttl is None:
-        return None
+    return None if args.ttl is None else _duration_arg(args.ttl, "--ttl")
+
+
+def _duration_arg(text: str, option: str) -> timedelta:
     try:
-        return to_duration(args.ttl)
+        return to_duration(text)
     except ValueError as exc:
-        raise ConfigError(str(exc), key="--ttl") from None
+        raise ConfigError(str(exc), key=option) from None
 
 
 def _agent_id(text: str) -> int:
@@ -165,6 +208,12 @@ def _agent_id(text: str) -> int:
     if not is_agent_id(value):
         raise argparse.ArgumentTypeError(f"not an agent id (a positive 64-bit integer): {text!r}")
     return value
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def _output(args: argparse.Namespace) -> str:
@@ -182,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(level="INFO")
     try:
+        if args.command == "init":
+            return commands.init(args.path)
         if args.command == "check":
             return commands.check(_load(args))
         if args.command == "emulate":
@@ -216,9 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "plan":
-        return await commands.plan(settings, as_json=args.json)
+        return await commands.plan(settings, as_json=args.json, out=args.out)
+    if args.command == "apply":
+        return await commands.apply(
+            settings, path=args.plan_file, max_age=_duration_arg(args.max_age, "--max-age")
+        )
     if args.command == "once":
-        return await commands.once(settings, dry_run=args.dry_run)
+        return await commands.once(settings, dry_run=args.dry_run, cap=args.max)
+    if args.command == "approve":
+        return await commands.approve(settings, agent_id=args.agent)
     if args.command == "run":
         return await commands.run(settings)
     if args.command == "create":
@@ -241,7 +298,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_config(config_path(args.config, os.environ))
+    return load_config(config_path(args.config, os.environ), from_env=args.config is None)
 
 
 if __name__ == "__main__":  # pragma: no cover

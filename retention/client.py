@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -194,7 +194,13 @@ class CustomGPTClient:
             parse=payloads.conversation,
         )
 
-    async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome:
+    async def delete_conversation(
+        self,
+        agent_id: int,
+        session_id: str,
+        *,
+        go_ahead: Callable[[], Awaitable[bool]] | None = None,
+    ) -> DeleteOutcome:
         """DELETE one conversation. A 404 means it is gone, which is not an error.
 
         A 404 on the first attempt (or after attempts the server cannot have acted on, such as
@@ -203,6 +209,9 @@ class CustomGPTClient:
         our own DELETE: ``DELETED_CONFIRMED_BY_404``.
 
         Always urgent: a due deletion keeps at least half the budget while it waits.
+        ``go_ahead`` is asked right before each attempt goes out (after the wait for the budget,
+        a 429 pause or a retry): when it says no, nothing is sent and the outcome is
+        ``WITHDRAWN``. A deletion decided a while ago is decided once more at the last moment.
         """
         try:
             await self._request(
@@ -211,7 +220,10 @@ class CustomGPTClient:
                 f"projects/{agent_id}/conversations/{session_id}",
                 parse=payloads.deleted,
                 urgent=True,
+                go_ahead=go_ahead,
             )
+        except _Withdrawn:
+            return DeleteOutcome.WITHDRAWN
         except NotFoundError as exc:
             if exc.after_failed_attempt:
                 return DeleteOutcome.DELETED_CONFIRMED_BY_404
@@ -271,6 +283,7 @@ class CustomGPTClient:
         params: Mapping[str, str | int] | None = None,
         json_body: Mapping[str, Any] | None = None,
         urgent: bool = False,
+        go_ahead: Callable[[], Awaitable[bool]] | None = None,
     ) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientApiError),
@@ -284,7 +297,14 @@ class CustomGPTClient:
                 with attempt:
                     try:
                         return await self._attempt(
-                            kind, method, path, parse, params, json_body, urgent=urgent
+                            kind,
+                            method,
+                            path,
+                            parse,
+                            params,
+                            json_body,
+                            urgent=urgent,
+                            go_ahead=go_ahead,
                         )
                     except TransientApiError as exc:
                         acted = acted or exc.may_have_acted
@@ -328,6 +348,7 @@ class CustomGPTClient:
         json_body: Mapping[str, Any] | None,
         *,
         urgent: bool,
+        go_ahead: Callable[[], Awaitable[bool]] | None = None,
     ) -> T:
         where: dict[str, Any] = {"kind": kind, "method": method, "path": "/" + path}
         dropped = _DropWatch()
@@ -335,6 +356,8 @@ class CustomGPTClient:
             # Take the budget only once a slot is ours, so a 429 that arrived while we queued
             # for the slot still holds us back.
             await self.budget.acquire(urgent=urgent)
+            if go_ahead is not None and not await go_ahead():
+                raise _Withdrawn
             try:
                 async with self._session.request(
                     method,
@@ -450,3 +473,7 @@ class _DropWatch:
 
 
 __all__ = ["ApiError", "CustomGPTClient"]
+
+
+class _Withdrawn(Exception):
+    """The caller's go-ahead said no at the last moment: nothing was sent."""

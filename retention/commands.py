@@ -18,28 +18,33 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from retention import render, tracking
+from retention import planfile, render, tracking
+from retention.breaker import judge
 from retention.config import TOKEN_ENV, Settings, parse_listen
 from retention.errors import ConfigError
 from retention.metrics import overdue_after
 from retention.models import TrackedConversation
-from retention.runtime import open_runtime, open_store, run_daemon
+from retention.runtime import breaker_limits, open_runtime, open_store, preflight, run_daemon
 from retention.sweep import Progress
 
 if TYPE_CHECKING:
     from retention.emulator import Emulator
 
 logger = logging.getLogger(__name__)
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REMAINING = 0, 1, 2, 3
+ACCOUNT = "default"  # one account a config today; plans name it already
 
 
 def check(settings: Settings) -> int:
-    """Validate and summarise a config; loading it already raised on any problem."""
+    """Validate and summarise a config: loading it raised on any problem, and the start-up
+    checks are the ones ``run`` makes."""
+    preflight(settings)
     rules = settings.rules()
     api = settings.api
     print(f"{settings.source}: ok")
@@ -58,6 +63,8 @@ def check(settings: Settings) -> int:
         print(f"    [{index}] {render.describe_hold(hold)}")
     if not rules.policies:
         print("  note: no policies, so nothing will ever be deleted")
+    for warning in settings.warnings:
+        print(f"retention: warning: {warning}", file=sys.stderr)
     if settings.token is None:
         print(
             f"retention: warning: no API token; set env {TOKEN_ENV} or [api] token_file "
@@ -84,30 +91,117 @@ def terminal_progress() -> Iterator[Progress | None]:
         yield update
 
 
-async def plan(settings: Settings, *, as_json: bool) -> int:
+async def plan(settings: Settings, *, as_json: bool, out: Path | None = None) -> int:
     with terminal_progress() as progress:
         # plan never reaches the deletion code; dry_run here would only mislabel the items.
-        async with open_runtime(settings, progress=progress) as runtime:
+        # plan discovers into an existing store, and never creates or migrates one.
+        async with open_runtime(settings, progress=progress, create=False) as runtime:
             items, report = await runtime.engine.plan()
+            if out is not None:
+                text = planfile.dumps(
+                    items,
+                    now=datetime.now(UTC),
+                    account=ACCOUNT,
+                    store_id=await runtime.store.identity(),
+                    fingerprint=runtime.engine.fingerprint(),
+                )
+                await asyncio.to_thread(_write_new, out, text)
     now = datetime.now(UTC)
     if as_json:
         print(json.dumps(render.plan_json(items, report, now=now), indent=2))
     else:
         render.plan_table(items, now=now, out=sys.stdout)
+        for reason in report.breaker:
+            print(f"mass-deletion breaker: {reason}", file=sys.stderr)
+        if report.held_back:
+            print(f"deleting nothing now: {report.held_back}", file=sys.stderr)
         calls = sum(report.api_calls.values())
         print(f"{len(items)} due; this plan cost {calls} API calls", file=sys.stderr)
+    if out is not None:
+        print(
+            f"plan written to {out}: `retention apply {out}` deletes exactly these", file=sys.stderr
+        )
     return 0
 
 
-async def once(settings: Settings, *, dry_run: bool) -> int:
+async def apply(settings: Settings, *, path: Path, max_age: timedelta) -> int:
+    """Delete exactly the conversations a plan lists that are still due and unheld."""
+    try:
+        plan = planfile.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the plan: {exc.strerror}", source=str(path)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=str(path)) from None
+    with terminal_progress() as progress:
+        async with open_runtime(settings, progress=progress) as runtime:
+            engine, now = runtime.engine, datetime.now(UTC)
+            try:
+                planfile.check(
+                    plan,
+                    now=now,
+                    account=ACCOUNT,
+                    store_id=await runtime.store.identity(),
+                    fingerprint=engine.fingerprint(),
+                    max_age=max_age,
+                )
+            except planfile.StalePlan as exc:
+                raise ConfigError(str(exc), source=str(path)) from None
+            # Applying a plan approves it for the breaker: exactly what it lists, where due.
+            await runtime.store.approve_these(now, plan.due)
+            report = await engine.sweep("apply", only=plan.due)
+            left = await engine.remaining(among=plan.due)
+    print(report.summary())
+    skipped = len(plan.due) - report.deleted - report.already_gone - left
+    print(
+        f"applied {path}: {report.deleted} deleted, {report.already_gone} gone already, "
+        f"{max(skipped, 0)} skipped (no longer due, held or gone), {left} still due",
+        file=sys.stderr,
+    )
+    if not report.ok or report.failed:
+        return EXIT_FAILURE
+    return EXIT_REMAINING if left else EXIT_OK
+
+
+def _write_new(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plan: {exc.strerror}", key="--out") from None
+
+
+async def once(settings: Settings, *, dry_run: bool, cap: int | None = None) -> int:
+    """One sweep that deletes the whole due set, batch after batch, unless something stops it.
+
+    Exit 3 (``EXIT_REMAINING``) when due conversations remain that ``--max`` did not leave on
+    purpose: the breaker tripped, the clock guard held back, or a failure cut the sweep short.
+    """
     with terminal_progress() as progress:
         async with open_runtime(settings, dry_run=dry_run, progress=progress) as runtime:
-            report = await runtime.engine.sweep("once")
+            report = await runtime.engine.sweep("once", until_done=True, cap=cap)
+            left = await runtime.engine.remaining()
     print(report.summary())
-    return 0 if report.ok and report.failed == 0 else 1
+    if not report.ok or report.failed:
+        return EXIT_FAILURE
+    if left and not (cap is not None and report.due >= cap):
+        why = "; ".join([*report.breaker, *([report.held_back] if report.held_back else [])])
+        print(
+            f"retention: {left} due conversation(s) remain" + (f": {why}" if why else ""),
+            file=sys.stderr,
+        )
+        return EXIT_REMAINING
+    return EXIT_OK
+
+
+async def approve(settings: Settings, *, agent_id: int | None) -> int:
+    async with open_store(settings, create=False) as store:
+        approved = await store.approve(datetime.now(UTC), agent_id=agent_id)
+    scope = f"agent {agent_id}" if agent_id is not None else "the account"
+    print(f"approved {approved} due conversation(s) in {scope} for deletion past the breaker")
+    return EXIT_OK
 
 
 async def run(settings: Settings) -> int:
+    preflight(settings)  # exactly what `retention check` refuses, before anything is opened
     logger.info("effective configuration: %s", json.dumps(settings.describe(), sort_keys=True))
     async with open_runtime(settings) as runtime:
         return await run_daemon(runtime)
@@ -167,13 +261,16 @@ def probe(settings: Settings, *, ready: bool, timeout: float) -> int:
 
 
 async def status(settings: Settings) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, create=False) as store:
         now = datetime.now(UTC)
         journal = store.journal
         delete_every = settings.schedule.delete_every
         rows = await journal.status(now, overdue_after=overdue_after(delete_every))
         agents = {row.agent_id: await store.agent(row.agent_id) for row in rows}
         render.status_table(rows, agents, now=now, out=sys.stdout)
+        verdict = judge(await store.due_figures(now), breaker_limits(settings))
+        for reason in verdict.reasons():
+            print(f"mass-deletion breaker: {reason}", file=sys.stdout)
         render.sweeps_lines(await journal.last_sweeps(5), out=sys.stdout)
     return 0
 
@@ -186,6 +283,36 @@ async def db_upgrade(settings: Settings) -> int:
     else:
         print(f"store upgraded from {before or 'empty'} to {after}")
     return 0
+
+
+def init(path: str) -> int:
+    """Write a starter config that cannot delete: dry_run on, every policy commented out.
+
+    Never overwrites: an existing PATH is a ConfigError (exit 2). ``-`` writes to stdout.
+    """
+    starter = (resources.files("retention") / "starter.toml").read_text(encoding="utf-8")
+    if path == "-":
+        sys.stdout.write(starter)
+        return EXIT_OK
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("x", encoding="utf-8") as out:
+            out.write(starter)
+    except FileExistsError:
+        raise ConfigError(
+            "exists already: init never overwrites a file; name another PATH", source=path
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write: {exc.strerror}", source=path) from None
+    print(f"wrote {path}: a starter config that deletes nothing (dry_run = true, no policies)")
+    print("next:")
+    print(f"  1. write your policies in {path} (config.example.toml documents every key)")
+    print(f"  2. retention check --config {path}")
+    print(f"  3. export {TOKEN_ENV}=...            (or [api] token_file)")
+    print(f"  4. retention db upgrade --config {path} && retention plan --config {path}")
+    print(f"  5. when the plan is what you expect: dry_run = false; retention run --config {path}")
+    return EXIT_OK
 
 
 def demo(seconds: float) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -28,7 +29,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from retention.errors import ConfigError
+from retention.database import parse_url as parse_store_url
+from retention.endpoints import DEFAULT_BASE_URL, check_base_url, is_loopback
+from retention.errors import ConfigError, StoreError
 from retention.models import AgeFrom, Creator, Origin
 from retention.policy import (
     ALL_AGENTS,
@@ -47,7 +50,6 @@ CONFIG_ENV = "RETENTION_CONFIG"
 TOKEN_ENV = "CUSTOMGPT_API_TOKEN"
 ADMIN_TOKEN_ENV = "RETENTION_ADMIN_TOKEN"
 ENV_PREFIX = "RETENTION_"
-DEFAULT_BASE_URL = "https://app.customgpt.ai/api/v1/"
 
 
 MAX_DURATION = timedelta(days=365 * 100)  # past this, date arithmetic overflows soon enough
@@ -111,6 +113,21 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_admin_listen(listen: str | None, admin_token: SecretStr | None) -> None:
+    """The admin surface's address rule, the same for ``check`` and for the server at ``run``:
+    beyond loopback only with an admin token, since anyone who reaches it could create and track.
+    """
+    if not listen:
+        return
+    host, _port = parse_listen(listen)
+    if not is_loopback(host) and admin_token is None:
+        raise ConfigError(
+            f"refusing to listen on {listen} beyond loopback without an admin token: set env "
+            f"{ADMIN_TOKEN_ENV} or [admin] token_file",
+            key="admin.listen",
+        )
+
+
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
 
@@ -144,13 +161,26 @@ class ApiSettings(_Section):
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        check_base_url(value)
         return value if value.endswith("/") else value + "/"
 
 
 class StoreSettings(_Section):
     url: str = "sqlite+aiosqlite:///retention.db"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            parsed = parse_store_url(value)  # what opening the store reads
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            raise ValueError(
+                "an in-memory store forgets every TTL and deletion in progress at exit: name a "
+                "file, e.g. 'sqlite+aiosqlite:////var/lib/retention/retention.db'"
+            )
+        return value
 
 
 class ScheduleSettings(_Section):
@@ -174,6 +204,12 @@ class SafetySettings(_Section):
     facts_max_age: Duration = timedelta(minutes=10)
     # Delete nothing while the local clock and the server's Date differ by more than this.
     max_clock_skew: Duration = timedelta(minutes=5)
+    # The mass-deletion breaker: a sweep deletes nothing unapproved in the account when more
+    # than max_deletions are due, nor in an agent when more than max_due_fraction of its live
+    # conversations are due under policies (once at least breaker_floor are).
+    max_deletions: int = Field(1000, ge=1, le=10_000_000)
+    max_due_fraction: float = Field(0.5, gt=0, le=1)
+    breaker_floor: int = Field(20, ge=1, le=10_000_000)
 
 
 class AdminSettings(_Section):
@@ -297,6 +333,7 @@ class Settings(BaseSettings):
     _token: SecretStr | None = PrivateAttr(default=None)
     _admin_token: SecretStr | None = PrivateAttr(default=None)
     _source: str = PrivateAttr(default="")
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
 
     @classmethod
     def settings_customise_sources(
@@ -322,6 +359,11 @@ class Settings(BaseSettings):
     def source(self) -> str:
         return self._source
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Problems worth saying that do not stop a start (a token file others can read)."""
+        return self._warnings
+
     def rules(self) -> Rules:
         """The policies and holds as the pure policy module wants them."""
         return Rules(
@@ -343,26 +385,42 @@ def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
     """The config file to use: ``--config`` first, then env RETENTION_CONFIG."""
     chosen = explicit if explicit is not None else environ.get(CONFIG_ENV)
     if not chosen:
-        raise ConfigError(f"no config file: pass --config FILE or set {CONFIG_ENV}")
+        raise ConfigError(
+            f"no config file: pass --config FILE or set {CONFIG_ENV} "
+            "(`retention init FILE` writes a safe starter config)"
+        )
     return Path(chosen)
 
 
-def load_config(path: Path, *, content: bytes | None = None) -> Settings:
+def load_config(path: Path, *, content: bytes | None = None, from_env: bool = False) -> Settings:
     """Read, validate and return the configuration, or raise one readable ConfigError.
 
     ``content`` is the file's bytes when the caller has read them already (live reload reads
     the file until it has settled, then parses exactly what it read). Env variables
     (``RETENTION_<SECTION>__<KEY>``, ``CUSTOMGPT_API_TOKEN``) come from os.environ.
+    ``from_env``: env RETENTION_CONFIG named the file (as in the container image), which a
+    missing file's message then says, with where to mount one.
     """
     env = os.environ
     source = str(path)
     try:
         data = path.read_bytes() if content is None else content
-        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError("file not found", source=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", source=source) from None
+        raise ConfigError(_not_found(path, from_env=from_env), source=source) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a config file", source=source) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=source) from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line}; save it as UTF-8",
+            source=source,
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=source) from None
     for section, env_name in (("api", TOKEN_ENV), ("admin", ADMIN_TOKEN_ENV)):
@@ -374,14 +432,26 @@ def load_config(path: Path, *, content: bytes | None = None) -> Settings:
                 key=f"{section}.token",
             )
     settings = _validate(raw, source, env)
+    store_url = store_url_beside(settings.store.url, path.parent)
+    if store_url != settings.store.url:
+        settings = settings.model_copy(
+            update={"store": settings.store.model_copy(update={"url": store_url})}
+        )
     try:
         rules = settings.rules()
         validate_rules(rules.policies, rules.holds)
     except RuleError as exc:
         raise ConfigError(str(exc), source=source) from None
     settings._source = source
+    warnings: list[str] = []
     settings._token = _read_token(
-        env.get(TOKEN_ENV), settings.api.token_file, path.parent, source, key="api.token_file"
+        env.get(TOKEN_ENV),
+        settings.api.token_file,
+        path.parent,
+        source,
+        key="api.token_file",
+        env_name=TOKEN_ENV,
+        warnings=warnings,
     )
     settings._admin_token = _read_token(
         env.get(ADMIN_TOKEN_ENV),
@@ -389,11 +459,48 @@ def load_config(path: Path, *, content: bytes | None = None) -> Settings:
         path.parent,
         source,
         key="admin.token_file",
+        env_name=ADMIN_TOKEN_ENV,
+        warnings=warnings,
     )
+    settings._warnings = tuple(warnings)
     return settings
 
 
+def _not_found(path: Path, *, from_env: bool) -> str:
+    if not from_env:
+        return f"file not found; `retention init {path}` writes a safe starter config there"
+    return (
+        f"file not found (env {CONFIG_ENV} names it): mount your config file at this path, e.g. "
+        f"`docker run -v $PWD/retention.toml:{path}:ro ...` or a Kubernetes ConfigMap, or pass "
+        "--config FILE; `retention init FILE` writes a safe starter config"
+    )
+
+
+def store_url_beside(url: str, folder: Path) -> str:
+    """A relative SQLite path (in the file or in env) is relative to the config file's folder,
+    as ``token_file`` is: the store does not follow the working directory. ``~`` is expanded."""
+    parsed = parse_store_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if database.startswith("file:"):  # an SQLite URI filename: left as it is
+        return url
+    file = Path(database).expanduser()
+    if not file.is_absolute():
+        file = folder.absolute() / file
+    if str(file) == database:
+        return url
+    return parsed.set(database=os.path.normpath(file)).render_as_string(hide_password=False)
+
+
 def _validate(raw: dict[str, Any], source: str, env: Mapping[str, str]) -> Settings:
+    for name, spec in Settings.model_fields.items():
+        # An env key of a section would replace a section that is not a table, unseen.
+        section = isinstance(spec.annotation, type) and issubclass(spec.annotation, BaseModel)
+        if section and name in raw and not isinstance(raw[name], dict):
+            raise ConfigError(
+                f"must be a table: write [{name}] and its keys below it", source=source, key=name
+            )
     try:
         return Settings(**raw)
     except ValidationError as exc:
@@ -403,20 +510,64 @@ def _validate(raw: dict[str, Any], source: str, env: Mapping[str, str]) -> Setti
 
 
 def _read_token(
-    from_env: str | None, token_file: Path | None, base: Path, source: str, *, key: str
+    from_env: str | None,
+    token_file: Path | None,
+    base: Path,
+    source: str,
+    *,
+    key: str,
+    env_name: str,
+    warnings: list[str],
 ) -> SecretStr | None:
+    """The token from env, else from its file: exactly one non-empty line, nothing else.
+
+    A file that group or others may read is allowed, with a warning in ``warnings``.
+    """
     value = (from_env or "").strip()
     if value:
+        if not _one_line(value):
+            raise ConfigError(
+                "must hold exactly one line, the token (it has line breaks or control characters)",
+                source=f"env {env_name}",
+            )
         return SecretStr(value)
     if token_file is None:
         return None
     file = token_file if token_file.is_absolute() else base / token_file
     try:
-        text = file.read_text(encoding="utf-8").strip()
+        data = file.read_bytes()
+        mode = file.stat().st_mode
     except OSError as exc:
         raise ConfigError(
             f"cannot read token file {str(file)!r}: {exc.strerror}", source=source, key=key
         ) from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"token file {str(file)!r} is not UTF-8 text", source=source, key=key
+        ) from None
     if not text:
         raise ConfigError(f"token file {str(file)!r} is empty", source=source, key=key)
+    if not _one_line(text):
+        lines = len(text.splitlines())
+        found = f"it has {lines} lines" if lines > 1 else "it has control characters"
+        raise ConfigError(
+            f"token file {str(file)!r} must hold exactly one line, the token; {found}",
+            source=source,
+            key=key,
+        )
+    readers = [
+        who for who, bit in (("its group", stat.S_IRGRP), ("others", stat.S_IROTH)) if mode & bit
+    ]
+    if readers:
+        warnings.append(
+            f"{source}: {key}: token file {str(file)!r} can be read by {' and '.join(readers)} "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it"
+        )
     return SecretStr(text)
+
+
+def _one_line(token: str) -> bool:
+    """No line break or other control character: the token goes into an HTTP header."""
+    return all(c.isprintable() for c in token)

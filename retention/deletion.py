@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from retention.breaker import Verdict, judge
 from retention.errors import ApiError, AuthError, NotFoundError
 from retention.freshness import refresh, walk_where_cheaper
 from retention.models import (
@@ -37,21 +39,80 @@ from retention.sweep import Sweep
 
 logger = logging.getLogger(__name__)
 MAX_RETRY_DELAY = timedelta(hours=1)
+CONFIRMED_BY_404 = "confirmed by 404: a retry after a failed attempt found it gone"
 
 
-async def delete_due(sweep: Sweep, report: SweepReport, *, sweep_id: int | None = None) -> None:
-    """Delete what is due, at most ``delete_batch`` per sweep, ``delete_concurrency`` at once."""
+async def delete_due(
+    sweep: Sweep,
+    report: SweepReport,
+    *,
+    sweep_id: int | None = None,
+    until_done: bool = False,
+    cap: int | None = None,
+) -> None:
+    """Delete what is due, ``delete_batch`` at a time, ``delete_concurrency`` at once.
+
+    One batch a sweep, or with ``until_done`` batch after batch until nothing due is left that
+    this sweep may delete; ``cap`` bounds the conversations taken in all. Where the breaker
+    stops deletion, only approved conversations are taken.
+    """
     options = sweep.options
-    now = sweep.clock()
-    candidates = await sweep.conversations.due(
-        now, limit=options.delete_batch, skip_dry_run_noted=True
-    )
+    seen: set[tuple[int, str]] = set()
+    while cap is None or len(seen) < cap:
+        now = sweep.clock()
+        verdict = await _breaker(sweep, report, now)
+        limit = options.delete_batch if cap is None else min(options.delete_batch, cap - len(seen))
+        candidates = await sweep.conversations.due(
+            now,
+            limit=limit,
+            skip_dry_run_noted=True,
+            approved_only=verdict.account is not None,
+            approved_only_in=tuple(verdict.agents),
+        )
+        fresh = [c for c in candidates if (c.agent_id, c.session_id) not in seen]
+        if not fresh:
+            return  # nothing left, or only what this sweep already took (it stays due)
+        seen.update((c.agent_id, c.session_id) for c in fresh)
+        report.due += len(fresh)
+        if not _clock_trusted(sweep, report):
+            return
+        await _delete_batch(sweep, fresh, report, sweep_id, now)
+        if not until_done or sweep.stopping.is_set() or report.held_back is not None:
+            return
+
+
+async def delete_these(
+    sweep: Sweep,
+    report: SweepReport,
+    keys: Sequence[tuple[int, str]],
+    *,
+    sweep_id: int | None = None,
+) -> None:
+    """Delete exactly these conversations (a plan's), where each is still due and unheld under
+    the rules in force; never any other. Each is decided again as in :func:`delete_due`."""
+    candidates = []
+    for agent_id, session_id in keys:
+        stored = await sweep.conversations.get(agent_id, session_id)
+        if stored is not None and stored.state in (State.ACTIVE, State.DELETING):
+            candidates.append(stored)
     report.due = len(candidates)
-    if not candidates or not _clock_trusted(sweep, report):
-        return
+    for start in range(0, len(candidates), sweep.options.delete_batch):
+        if sweep.stopping.is_set() or not _clock_trusted(sweep, report):
+            return
+        batch = candidates[start : start + sweep.options.delete_batch]
+        await _delete_batch(sweep, batch, report, sweep_id, sweep.clock())
+
+
+async def _delete_batch(
+    sweep: Sweep,
+    candidates: list[TrackedConversation],
+    report: SweepReport,
+    sweep_id: int | None,
+    now: datetime,
+) -> None:
     await walk_where_cheaper(sweep, candidates, report, now)
     queue = iter(candidates)  # shared by the workers: oldest due first, whoever is free
-    done = 0
+    done = report.deleted + report.would_delete
 
     async def worker() -> None:
         nonlocal done
@@ -63,7 +124,7 @@ async def delete_due(sweep: Sweep, report: SweepReport, *, sweep_id: int | None 
             done += 1
             sweep.note("deletions", done)
 
-    workers = [asyncio.create_task(worker()) for _ in range(options.delete_concurrency)]
+    workers = [asyncio.create_task(worker()) for _ in range(sweep.options.delete_concurrency)]
     try:
         results = await asyncio.gather(*workers, return_exceptions=True)
     finally:
@@ -72,6 +133,27 @@ async def delete_due(sweep: Sweep, report: SweepReport, *, sweep_id: int | None 
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+async def _breaker(sweep: Sweep, report: SweepReport, now: datetime) -> Verdict:
+    """Judge the due set against the mass-deletion breaker; say so once a sweep when it trips.
+
+    Dry-run deletes nothing, so the breaker has nothing to stop there.
+    """
+    if sweep.options.dry_run:
+        return Verdict()
+    verdict = judge(await sweep.conversations.due_figures(now), sweep.options.breaker)
+    if verdict.tripped and not report.breaker:
+        report.breaker = verdict.reasons()
+        report.breaker_scopes = ["account"] if verdict.account else []
+        report.breaker_scopes += [str(agent) for agent in sorted(verdict.agents)]
+        logger.error(
+            "mass-deletion breaker: deleting nothing unapproved in %s this sweep: %s; "
+            "discovery goes on",
+            "the account" if verdict.account else "agents " + ", ".join(report.breaker_scopes),
+            "; ".join(report.breaker),
+        )
+    return verdict
 
 
 def _clock_trusted(sweep: Sweep, report: SweepReport) -> bool:
@@ -166,6 +248,24 @@ async def _delete_one(
     await _send_delete(sweep, final, report, sweep_id)
 
 
+async def _still_to_delete(sweep: Sweep, decided: TrackedConversation) -> bool:
+    """The last check, made when the DELETE's turn has come (after the budget, a 429 pause, a
+    retry's wait): the row still mid-delete, still due and unheld under the rules in force now,
+    on facts still fresh enough, not dry-run, not held back by a grace or the clock."""
+    now = sweep.clock()
+    stored = await sweep.conversations.get(decided.agent_id, decided.session_id)
+    if stored is None or stored.state is not State.DELETING:
+        return False
+    final = _redecided(sweep, stored, now)
+    return (
+        _due(final, now)
+        and not sweep.stale_facts(final, now)
+        and not sweep.dry_run(final)
+        and (final.grace_until is None or final.grace_until <= now)
+        and sweep.clock_skew_problem(now) is None
+    )
+
+
 async def _decide(sweep: Sweep, stored: TrackedConversation, now: datetime) -> TrackedConversation:
     """Decide again on the stored facts, and store the decision when it changed."""
     current = _redecided(sweep, stored, now)
@@ -197,8 +297,14 @@ async def _send_delete(
     await store.set_state(
         current.agent_id, current.session_id, State.DELETING, now=now, count_attempt=True
     )
+
+    async def go_ahead() -> bool:
+        return await _still_to_delete(sweep, current)
+
     try:
-        outcome = await sweep.api.delete_conversation(current.agent_id, current.session_id)
+        outcome = await sweep.api.delete_conversation(
+            current.agent_id, current.session_id, go_ahead=go_ahead
+        )
     except ApiError as exc:
         retry_at = now + retry_delay(sweep.options.retry_backoff, current.attempts + 1)
         await store.set_state(
@@ -216,11 +322,29 @@ async def _send_delete(
             raise  # every other delete would fail the same way: stop the sweep
         return
     done = sweep.clock()
-    if outcome is DeleteOutcome.DELETED:
+    if outcome is DeleteOutcome.WITHDRAWN:
+        # Decided again at the last moment, it no longer holds: back to active, decided afresh.
+        await store.set_state(current.agent_id, current.session_id, State.ACTIVE, now=done)
+        stored = await store.get(current.agent_id, current.session_id)
+        if stored is not None:
+            await _decide(sweep, stored, done)
+        report.postponed += 1
+        logger.info("withdrawn at the last moment, not deleted: %s", _label(current))
+        return
+    if outcome is not DeleteOutcome.ALREADY_GONE:
+        # A 404 on a retry after an attempt the server may have acted on is our own deletion,
+        # confirmed; "already gone" is kept for what somebody else deleted.
+        confirmed = outcome is DeleteOutcome.DELETED_CONFIRMED_BY_404
+        detail = f"{CONFIRMED_BY_404}; {current.reason}" if confirmed else None
         await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
-        await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id)
+        await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id, detail=detail)
         report.deleted += 1
-        logger.info("deleted %s (%s)", _label(current), current.reason)
+        logger.info(
+            "deleted %s (%s)%s",
+            _label(current),
+            current.reason,
+            f": {CONFIRMED_BY_404}" if confirmed else "",
+        )
     else:
         await store.set_state(current.agent_id, current.session_id, State.GONE, now=done)
         await _audit(sweep, report, current, AuditOutcome.ALREADY_GONE, done, sweep_id)

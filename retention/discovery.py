@@ -4,6 +4,11 @@ Cost in calls: per agent, one call per page read. An incremental walk stops at t
 that reaches the agent's cursor, so a sweep with nothing new costs one call per agent. A full
 reconcile (the first sync, then every ``reconcile_every``) reads every page and one settings
 call per agent; policies with ``agents = "*"`` add one call per page of the account's agents.
+
+A walk also verifies deletions: a conversation recorded as deleted (our DELETE got 200) that a
+walk begun after the deletion still lists did not go. It is audited as failed, counted in
+``SweepReport.unverified``, and queued again. A walk begun before the deletion finished proves
+nothing: offset pages are read over time, and the page that listed it may predate the DELETE.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from retention.models import (
     TERMINAL_STATES,
     AgentRecord,
     AgentSettings,
+    AuditOutcome,
+    AuditRecord,
     Conversation,
     Listing,
     Origin,
@@ -28,6 +35,7 @@ from retention.sweep import Sweep
 from retention.timefmt import format_duration
 
 logger = logging.getLogger(__name__)
+UNVERIFIED = "still present after DELETE 200"
 
 
 async def agents_to_cover(sweep: Sweep) -> dict[int, str | None]:
@@ -77,13 +85,19 @@ async def discover_agent(
     listed_ids = None if reconcile else [c.session_id for c in listing.conversations]
     tracked = await sweep.conversations.conversations(agent_id, session_ids=listed_ids)
     known = {c.session_id: c for c in tracked}
-    inserts, updates, unchanged = _merge(sweep, listing.conversations, known, now)
+    inserts, updates, unchanged, unverified = _merge(
+        sweep, listing.conversations, known, now, started=started
+    )
+    if record.sync_cursor is None:
+        inserts = _held_back_when_newly_in_scope(sweep, inserts, now)
     gone = _vanished(listing, known, started) if reconcile else []
     await sweep.conversations.insert(inserts, now=now)
     await sweep.conversations.update(updates, now=now)
-    await sweep.conversations.touch(agent_id, unchanged, now=now)
+    await sweep.conversations.touch(agent_id, unchanged, now=now, facts_at=started)
     for conversation in gone:
         await sweep.conversations.set_state(agent_id, conversation.session_id, State.GONE, now=now)
+    for conversation in unverified:
+        await _audit_unverified(sweep, report, conversation, now)
     report.new += len(inserts)
     report.gone += len(gone)
     if gone:
@@ -104,6 +118,33 @@ async def discover_agent(
     await sweep.agents.save_agent(record, now=now)
 
 
+def _held_back_when_newly_in_scope(
+    sweep: Sweep, inserts: list[TrackedConversation], now: datetime
+) -> list[TrackedConversation]:
+    """An agent's first walk after rules were already in force means an edit brought it into
+    scope (``agents = [532]`` -> ``[532, 533]``, or ``"*"``): what that makes due at once is
+    newly due by an edit, and waits out the policy change grace like any other. (The very first
+    rules a store sees get no grace: the mass-deletion breaker guards a first run.)"""
+    grace = sweep.options.policy_change_grace
+    if not sweep.rules_seen_before or not grace:
+        return inserts
+    until = now + grace
+    held = [
+        replace(c, grace_until=until) if c.due_at is not None and c.due_at < until else c
+        for c in inserts
+    ]
+    waiting = sum(1 for c in held if c.grace_until is not None)
+    if waiting:
+        logger.warning(
+            "agent %s: newly in scope; %d conversations due at once wait out the policy change "
+            "grace until %s",
+            inserts[0].agent_id,
+            waiting,
+            until.isoformat(timespec="seconds"),
+        )
+    return held
+
+
 def _reconcile_due(record: AgentRecord, now: datetime, sweep: Sweep) -> bool:
     if record.sync_cursor is None or record.last_full_sync_at is None:
         return True
@@ -115,10 +156,16 @@ def _merge(
     listed: tuple[Conversation, ...],
     known: dict[str, TrackedConversation],
     now: datetime,
-) -> tuple[list[TrackedConversation], list[TrackedConversation], list[str]]:
+    *,
+    started: datetime,
+) -> tuple[
+    list[TrackedConversation], list[TrackedConversation], list[str], list[TrackedConversation]
+]:
+    """Inserts, updates, unchanged session ids, and deletions a listing shows did not take."""
     inserts: list[TrackedConversation] = []
     updates: list[TrackedConversation] = []
     unchanged: list[str] = []
+    unverified: list[TrackedConversation] = []
     for remote in listed:
         current = known.get(remote.session_id)
         if current is None:
@@ -133,7 +180,7 @@ def _merge(
                 origin=Origin.DISCOVERED,
                 state=State.ACTIVE,
                 first_seen=now,
-                facts_at=now,
+                facts_at=started,  # pages are read over time: stamp the walk's start
             )
             inserts.append(sweep.evaluate(fresh, now))
             continue
@@ -146,19 +193,58 @@ def _merge(
             updated_at=remote.updated_at,
         )
         if current.state in TERMINAL_STATES:
-            # Listed again: it exists after all (a skipped walk, or a delete that did not take).
-            logger.warning(
-                "agent %d: conversation %s was %s but is listed again; tracking it anew",
-                remote.agent_id,
-                remote.session_id,
-                current.state.value,
-            )
+            if current.finished_at is not None and current.finished_at >= started:
+                continue  # the walk began before it went: its pages may predate the DELETE
+            if current.state is State.DELETED:
+                # Our DELETE got 200, and a walk begun after it still lists it: it did not take.
+                logger.warning(
+                    "agent %d: conversation %s %r is %s (deleted at %s); auditing a failed "
+                    "deletion and queueing it again",
+                    remote.agent_id,
+                    remote.session_id,
+                    remote.name,
+                    UNVERIFIED,
+                    current.finished_at.isoformat() if current.finished_at else "?",
+                )
+                unverified.append(current)
+                merged = replace(merged, last_error=UNVERIFIED)
+            else:
+                # Listed again: it exists after all (a skipped walk, or somebody restored it).
+                logger.warning(
+                    "agent %d: conversation %s was %s but is listed again; tracking it anew",
+                    remote.agent_id,
+                    remote.session_id,
+                    current.state.value,
+                )
             merged = replace(merged, state=State.ACTIVE, finished_at=None)
         if merged != current:
-            updates.append(sweep.evaluate(replace(merged, facts_at=now), now))
+            updates.append(sweep.evaluate(replace(merged, facts_at=started), now))
         else:
             unchanged.append(current.session_id)
-    return inserts, updates, unchanged
+    return inserts, updates, unchanged, unverified
+
+
+async def _audit_unverified(
+    sweep: Sweep, report: SweepReport, conversation: TrackedConversation, now: datetime
+) -> None:
+    """A failed deletion: the audit row, the sweep's figures (failed, unverified)."""
+    rule = conversation.rule or ""
+    report.outcomes[(AuditOutcome.FAILED.value, rule)] += 1
+    report.unverified += 1
+    report.failed += 1
+    deleted_at = conversation.finished_at
+    when = f" (recorded deleted at {deleted_at.isoformat()})" if deleted_at else ""
+    record = AuditRecord(
+        at=now,
+        agent_id=conversation.agent_id,
+        session_id=conversation.session_id,
+        name=conversation.name,
+        rule=conversation.rule,
+        age=now - conversation.created_at,
+        outcome=AuditOutcome.FAILED,
+        detail=f"{UNVERIFIED}{when}; queued again",
+    )
+    await sweep.journal.add_audit(record)
 
 
 def _vanished(

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from retention.breaker import Verdict, judge
 from retention.clocks import Clock, utc_now
-from retention.deletion import delete_due, refresh_if_stale
+from retention.deletion import delete_due, delete_these, refresh_if_stale
 from retention.discovery import discover_all
 from retention.errors import ApiError, AuthError, NotFoundError
 from retention.freshness import walk_where_cheaper
@@ -78,13 +79,15 @@ class Engine:
         context = self.context
         fingerprint = context.rules.fingerprint(dry_run=context.options.dry_run)
         previous = await self.store.get_meta(RULES_KEY)
+        context.rules_seen_before = previous is not None
         if previous == fingerprint:
             return 0
         now = self.clock()
         grace = context.options.policy_change_grace
         grace_until = now + grace
-        # A conversation mid-delete is decided again by the deletion itself, just before it acts.
-        live = await self.store.conversations(states=(State.ACTIVE, State.HELD))
+        # A conversation left mid-delete keeps its state (the deletion decides it again before
+        # it acts), but a change that makes it newly due holds it back too.
+        live = await self.store.conversations(states=(State.ACTIVE, State.HELD, State.DELETING))
         changed = []
         waiting = 0
         for before in live:
@@ -109,8 +112,12 @@ class Engine:
                 # A due time that did not move keeps its grace: an unrelated edit (or a
                 # re-decision after an upgrade) must not release what an earlier edit held.
                 after = replace(after, grace_until=None)
+            if after.approved_at is not None and (after.due_at is None or after.due_at > now):
+                # An approval covers what was due when it was given: a conversation the new
+                # rules make not due is no longer covered when later rules make it due again.
+                after = replace(after, approved_at=None)
             if after != before:
-                changed.append(after)
+                changed.append((before, after))
         await self.store.save_decisions(changed)
         await self.store.set_meta(RULES_KEY, fingerprint)
         if changed:
@@ -130,9 +137,20 @@ class Engine:
         return await self.apply_rules()
 
     async def sweep(
-        self, kind: str = "once", *, discover: bool = True, delete: bool = True
+        self,
+        kind: str = "once",
+        *,
+        discover: bool = True,
+        delete: bool = True,
+        until_done: bool = False,
+        cap: int | None = None,
+        only: Sequence[tuple[int, str]] | None = None,
     ) -> SweepReport:
-        """One sweep. Failures of single items are counted; a failure of the whole raises."""
+        """One sweep. Failures of single items are counted; a failure of the whole raises.
+
+        A daemon's sweep deletes one batch; ``until_done`` (``once``) goes on batch after batch
+        until nothing it may delete is left, at most ``cap`` conversations.
+        """
         report = SweepReport(kind=kind, started_at=self.clock(), dry_run=self.options.dry_run)
         journal = self.context.journal
         sweep_id = await journal.start_sweep(report)
@@ -141,8 +159,12 @@ class Engine:
                 await self.apply_rules()
                 if discover:
                     await discover_all(self.context, report)
-                if delete:
-                    await delete_due(self.context, report, sweep_id=sweep_id)
+                if delete and only is not None:
+                    await delete_these(self.context, report, only, sweep_id=sweep_id)
+                elif delete:
+                    await delete_due(
+                        self.context, report, sweep_id=sweep_id, until_done=until_done, cap=cap
+                    )
             except BaseException as exc:
                 report.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 raise
@@ -155,6 +177,26 @@ class Engine:
                 for listener in self.listeners:
                     listener(report)
         return report
+
+    async def breaker_verdict(self, now: datetime) -> Verdict:
+        """Where the mass-deletion breaker stops deletion now (nowhere under dry-run)."""
+        if self.options.dry_run:
+            return Verdict()
+        return judge(await self.store.due_figures(now), self.options.breaker)
+
+    async def remaining(self, *, among: Sequence[tuple[int, str]] | None = None) -> int:
+        """How many conversations a deletion sweep would still take now (dry-run notes aside),
+        whatever the breaker says; of ``among`` only, when given."""
+        now = self.clock()
+        due = await self.store.due(now, limit=1_000_000, skip_dry_run_noted=True)
+        if among is not None:
+            keys = set(among)
+            due = [c for c in due if (c.agent_id, c.session_id) in keys]
+        return len(due)
+
+    def fingerprint(self) -> str:
+        """The rules in force, and the dry-run flag: what a plan is made under."""
+        return self.rules.fingerprint(dry_run=self.options.dry_run)
 
     async def plan(
         self, *, discover: bool = True, confirm: bool = True
@@ -191,8 +233,13 @@ class Engine:
                         logger.warning("plan: could not read %s again: %s", current.name, exc)
                 confirmed.append(current)
         report.api_calls = dict(sorted(calls.items()))
+        verdict = await self.breaker_verdict(now)
+        report.breaker = verdict.reasons()
+        report.held_back = context.clock_skew_problem(now)
         items = [
-            item for current in confirmed if (item := self._plan_item(current, now)) is not None
+            replace(item, held_by_breaker=verdict.stops(item.agent_id) and not current.approved_at)
+            for current in confirmed
+            if (item := self._plan_item(current, now)) is not None
         ]
         report.due = len(items)
         report.finished_at = self.clock()

@@ -24,6 +24,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from retention.discovery import discover_agent
+from retention.errors import ApiError
 from retention.models import Fact, SweepReport, TrackedConversation
 from retention.sweep import Sweep
 
@@ -38,6 +39,14 @@ async def refresh(
     remote, newest = await sweep.api.conversation_info(
         conversation.agent_id, conversation.session_id, urgent=urgent
     )
+    if not remote.name and conversation.name:
+        # An answer without the name cannot show a rename onto a hold: decide on nothing.
+        raise ApiError(
+            "the answer carried no conversation name",
+            kind="messages",
+            method="GET",
+            path=f"projects/{conversation.agent_id}/conversations/{conversation.session_id}",
+        )
     refreshed = replace(
         conversation,
         remote_id=remote.id,

@@ -114,6 +114,12 @@ class Metrics:
         self.deletions = Counter(
             "retention_deletions", "Deletion outcomes, by rule", ["outcome", "rule"], registry=r
         )
+        self.unverified = Counter(
+            "retention_deletions_unverified",
+            "Conversations recorded as deleted (DELETE 200) that a later listing still showed; "
+            "each is audited as failed and queued again",
+            registry=r,
+        )
         self.sweeps = Counter(
             "retention_sweeps", "Sweeps run, by kind and result", ["kind", "result"], registry=r
         )
@@ -122,6 +128,13 @@ class Metrics:
             "How long sweeps take",
             ["kind"],
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+            registry=r,
+        )
+        self.breaker = Gauge(
+            "retention_breaker_tripped",
+            "1 while the mass-deletion breaker stops unapproved deletions in a scope "
+            '("account", or an agent id), as the last deletion sweep found',
+            ["scope"],
             registry=r,
         )
         self.last_success = Gauge(
@@ -140,8 +153,13 @@ class Metrics:
             self.sweep_duration.labels(report.kind).observe(seconds)
             if report.ok:
                 self.last_success.labels(report.kind).set(report.finished_at.timestamp())
+        if report.kind in ("delete", "once"):
+            self.breaker.clear()
+            for scope in report.breaker_scopes:
+                self.breaker.labels(scope).set(1)
         for (outcome, rule), count in report.outcomes.items():
             self.deletions.labels(outcome, rule).inc(count)
+        self.unverified.inc(report.unverified)
 
     def set_store_figures(self, rows: list[AgentStatus]) -> None:
         for gauge in (self.tracked, self.due, self.overdue, self.held, self.grace):

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+TTL_RULE = "ttl"  # the rule name recorded when a per-conversation TTL decides
+
 
 class Origin(enum.StrEnum):
     """How `retention` came to know a conversation."""
@@ -104,7 +106,13 @@ class DeleteOutcome(enum.StrEnum):
     """What a DELETE achieved."""
 
     DELETED = "deleted"
-    ALREADY_GONE = "already_gone"  # 404: somebody (maybe us, before a crash) deleted it
+    # 404 on a retry after an attempt that failed once the server may have acted (5xx, reset,
+    # timeout): our own DELETE took, and the retry confirms it.
+    DELETED_CONFIRMED_BY_404 = "deleted_confirmed_by_404"
+    # Not sent: checked again once the request's turn came (after the budget, a 429 pause, a
+    # retry's wait), the decision no longer held, so the DELETE was withdrawn.
+    WITHDRAWN = "withdrawn"
+    ALREADY_GONE = "already_gone"  # 404 at once: somebody (maybe us, before a crash) deleted it
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +220,8 @@ class TrackedConversation:
     finished_at: datetime | None = None
     # When the name and updated_at were last read from the API (a listing or a messages call).
     facts_at: datetime | None = None
+    # When an operator approved deleting it past the mass-deletion breaker (approve, apply).
+    approved_at: datetime | None = None
 
     @property
     def creator(self) -> Creator | None:
@@ -249,7 +259,8 @@ class PlanItem:
     state: State
     grace_until: datetime | None = None  # waiting out a policy change's grace until then
     retry_at: datetime | None = None  # a DELETE failed; the next attempt waits until then
-    unconfirmed: bool = False  # a last-activity rule whose newest message was not read
+    unconfirmed: bool = False  # rests on facts not read again lately (a name, a message)
+    held_by_breaker: bool = False  # the mass-deletion breaker stops it until approved
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,11 +339,14 @@ class SweepReport:
     deleted: int = 0
     already_gone: int = 0
     failed: int = 0
+    unverified: int = 0  # recorded deleted (DELETE 200), yet a later listing still showed it
     would_delete: int = 0
     postponed: int = 0  # facts read again (a message, a rename) made it not due after all
     refreshed: int = 0  # due conversations whose facts were read again (one call each)
     refresh_walks: int = 0  # agents re-read whole because that was cheaper
     held_back: str | None = None  # why nothing was deleted (the clock), or None
+    breaker: list[str] = field(default_factory=list)  # where the breaker stopped deletion, why
+    breaker_scopes: list[str] = field(default_factory=list)  # "account" or agent ids
     api_calls: dict[str, int] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, rule)
     error: str | None = None
@@ -355,8 +369,12 @@ class SweepReport:
             f"refreshed={self.refreshed} refresh_walks={self.refresh_walks}",
             f"api_calls={calls}" + (f" ({kinds})" if kinds else ""),
         ]
+        if self.unverified:
+            parts.append(f"unverified={self.unverified}")
         if self.held_back:
             parts.append(f"held_back={self.held_back!r}")
+        if self.breaker:
+            parts.append(f"breaker={'; '.join(self.breaker)!r}")
         if self.error:
             parts.append(f"error={self.error}")
         return " ".join(parts)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import re2
 
 from retention.models import (
+    TTL_RULE,
     AgeFrom,
     ConversationFacts,
     Creator,
@@ -32,16 +33,14 @@ from retention.models import (
 from retention.timefmt import format_duration
 
 ALL_AGENTS = "*"
-TTL_RULE = "ttl"  # the rule name recorded when a per-conversation TTL decides
 BROAD_MAX_AGE = timedelta(days=1)  # a policy on everything that acts this fast needs confirming
 # Names a matcher must accept to count as accepting every name: varied in case, script, length
-# and punctuation. (No empty name: a glob such as "?*" must not slip through on it.)
+# and punctuation. No empty or blank name: names are never that in practice, and a glob such as
+# "?*" or a regex such as "." or "\S" must not slip through on one.
 PROBE_NAMES = (
     "a",
     "Z",
     "0",
-    " ",
-    "\n",
     "Test chat",
     "QA-12 smoke",
     "LEGAL hold 2026",

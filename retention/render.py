@@ -46,10 +46,13 @@ def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) 
                 "grace_until": item.grace_until.isoformat() if item.grace_until else None,
                 "retry_at": item.retry_at.isoformat() if item.retry_at else None,
                 "unconfirmed": item.unconfirmed,
+                "held_by_breaker": item.held_by_breaker,
             }
             for item in items
         ],
         "count": len(items),
+        "breaker": report.breaker,
+        "held_back": report.held_back,
         "api_calls": report.api_calls,
     }
 
@@ -77,6 +80,8 @@ def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None
             notes.append("left mid-delete: retried next")
         if item.retry_at is not None:
             notes.append(f"a DELETE failed; next attempt {stamp(item.retry_at)}")
+        if item.held_by_breaker:
+            notes.append("held by the breaker: approve to delete")
         note = ", ".join(notes)
         table.add_row(
             str(item.agent_id),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ from pathlib import Path
 import aiohttp
 from pydantic import SecretStr
 
+from retention.breaker import Limits
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
-from retention.config import TOKEN_ENV, Settings
+from retention.config import ENV_PREFIX, TOKEN_ENV, Settings, check_admin_listen
 from retention.engine import Engine
 from retention.errors import ConfigError
+from retention.logs import Secrets
 from retention.store import Store
 from retention.sweep import EngineOptions, Progress, Sweep
 
@@ -53,6 +56,40 @@ def require_token(settings: Settings) -> SecretStr:
     return settings.token
 
 
+def secrets_of(settings: Settings) -> Secrets:
+    """The values no output may show: the API token and the admin token.
+
+    Handed to the client, which scrubs the server's text with it where that text enters (the
+    server may echo either token), and to the log handler.
+    """
+    return Secrets(t.get_secret_value() for t in (settings.token, settings.admin_token) if t)
+
+
+def preflight(settings: Settings) -> None:
+    """The start-up checks ``run`` makes, minus the network; ``check`` makes exactly these.
+
+    The schedule's triggers are built as the daemon builds them (APScheduler parses the crons:
+    loaded only when there is one), and the admin address meets the rule the admin server
+    applies. A problem is one ConfigError naming the file (or env variable) and the key.
+    """
+    schedule = settings.schedule
+    try:
+        if schedule.discover_cron or schedule.delete_cron:
+            from retention.triggers import build_trigger
+
+            build_trigger(
+                schedule.discover_every, schedule.discover_cron, key="schedule.discover_cron"
+            )
+            build_trigger(schedule.delete_every, schedule.delete_cron, key="schedule.delete_cron")
+        check_admin_listen(settings.admin.listen, settings.admin_token)
+    except ConfigError as exc:
+        if exc.source is not None or exc.key is None:
+            raise
+        env_name = ENV_PREFIX + exc.key.replace(".", "__").upper()
+        source = f"env {env_name}" if env_name in os.environ else settings.source
+        raise ConfigError(exc.problem, source=source, key=exc.key) from None
+
+
 def engine_options(settings: Settings, *, dry_run: bool) -> EngineOptions:
     return EngineOptions(
         dry_run=dry_run or settings.safety.dry_run,
@@ -61,13 +98,40 @@ def engine_options(settings: Settings, *, dry_run: bool) -> EngineOptions:
         policy_change_grace=settings.safety.policy_change_grace,
         facts_max_age=settings.safety.facts_max_age,
         max_clock_skew=settings.safety.max_clock_skew,
+        breaker=breaker_limits(settings),
+    )
+
+
+def breaker_limits(settings: Settings) -> Limits:
+    safety = settings.safety
+    return Limits(
+        max_deletions=safety.max_deletions,
+        max_due_fraction=safety.max_due_fraction,
+        floor=safety.breaker_floor,
     )
 
 
 @asynccontextmanager
-async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Store]:
-    """The store alone, for commands that make no API call (``status``, ``db upgrade``)."""
-    store = await Store.open(settings.store.url, migrate=migrate)
+async def open_store(
+    settings: Settings, *, migrate: bool = True, create: bool = True
+) -> AsyncIterator[Store]:
+    """The store alone, for commands that make no API call (``status``, ``db upgrade``).
+
+    ``create=False`` (the commands that only read, and ``plan``) neither creates nor migrates:
+    a missing, empty or outdated store is a ConfigError naming the path and the command that
+    makes it current.
+    """
+    try:
+        store = await Store.open(settings.store.url, migrate=migrate, create=create)
+    except ConfigError as exc:
+        if exc.key != "store.url" or exc.source is not None:
+            raise
+        raise ConfigError(
+            f"{exc.problem}: `retention db upgrade --config {settings.source}` creates or "
+            "migrates it (`retention run` does too)",
+            source=settings.source,
+            key=exc.key,
+        ) from None
     try:
         yield store
     finally:
@@ -76,12 +140,21 @@ async def open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterat
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, dry_run: bool = False, progress: Progress | None = None
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    create: bool = True,
 ) -> AsyncIterator[Runtime]:
-    """Store, HTTP session, budget, client and engine, closed in reverse order on exit."""
+    """Store, HTTP session, budget, client and engine, closed in reverse order on exit.
+
+    ``create=False``: the store must exist and be current (see :func:`open_store`).
+    """
     token = require_token(settings)
+    for warning in settings.warnings:
+        logger.warning("%s", warning)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings))
+        store = await stack.enter_async_context(open_store(settings, create=create))
         session = await stack.enter_async_context(aiohttp.ClientSession())
         api = settings.api
         client = CustomGPTClient(
@@ -93,6 +166,7 @@ async def open_runtime(
             max_concurrency=api.max_concurrency,
             request_timeout=api.request_timeout,
             connect_timeout=api.connect_timeout,
+            secrets=secrets_of(settings),
         )
         engine = Engine(
             client,

@@ -104,6 +104,7 @@ conversations = Table(
     Column("last_seen", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("facts_at", UTCDateTime, nullable=True),
+    Column("approved_at", UTCDateTime, nullable=True),
     UniqueConstraint("agent_id", "session_id", name="uq_conversations_agent_session"),
     # The due set is read through this index: its cost follows the number due, not tracked.
     Index("ix_conversations_state_due", "state", "due_at"),
@@ -187,6 +188,7 @@ def conversation_row(c: TrackedConversation) -> dict[str, Any]:
         "retry_at": c.retry_at,
         "finished_at": c.finished_at,
         "facts_at": c.facts_at,
+        "approved_at": c.approved_at,
     }
 
 
@@ -220,6 +222,7 @@ def conversation_from_row(m: Any) -> TrackedConversation:
         first_seen=m["first_seen"],
         finished_at=m["finished_at"],
         facts_at=m["facts_at"],
+        approved_at=m["approved_at"],
     )
 
 

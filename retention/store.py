@@ -8,18 +8,20 @@ changes; :meth:`Store.open` applies pending ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from retention.breaker import AgentDue
 from retention.database import Database
-from retention.errors import StoreError
+from retention.errors import ConfigError, StoreError
 from retention.journal import Journal
-from retention.migrate import current_revision, upgrade_to_head
-from retention.models import AgentRecord, Origin, State, TrackedConversation
+from retention.migrate import current_revision, head_revision, upgrade_to_head
+from retention.models import TTL_RULE, AgentRecord, Origin, State, TrackedConversation
 from retention.schema import (
     agent_from_row,
     agents,
@@ -30,6 +32,7 @@ from retention.schema import (
 )
 
 logger = logging.getLogger(__name__)
+STORE_ID_KEY = "store_id"
 
 
 class Store:
@@ -43,16 +46,33 @@ class Store:
         self.journal = Journal(db)
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect (creating a SQLite file and its folder on first use) and migrate to head."""
-        store = cls(Database.open(url))
-        if migrate:
-            try:
+    async def open(cls, url: str, *, migrate: bool = True, create: bool = True) -> Store:
+        """Connect (creating a SQLite file and its folder on first use) and migrate to head.
+
+        ``create=False`` is for commands that only read (and the facts ``plan`` writes): the
+        store must exist and be at the latest migration; nothing is created or migrated, and
+        anything else is a ConfigError (key ``store.url``) saying so.
+        """
+        store = cls(Database.open(url, create=create))
+        try:
+            if not create:
+                await store._require_head()
+            elif migrate:
                 await store.upgrade()
-            except BaseException:
-                await store.close()
-                raise
+        except BaseException:
+            await store.close()
+            raise
         return store
+
+    async def _require_head(self) -> None:
+        revision, head = await self.revision(), head_revision()
+        if revision is None:
+            raise ConfigError("the store has no schema", key="store.url")
+        if revision != head:
+            raise ConfigError(
+                f"the store is at migration {revision}, this retention needs {head}",
+                key="store.url",
+            )
 
     async def close(self) -> None:
         await self.db.close()
@@ -178,12 +198,15 @@ class Store:
         async with self.db.begin() as conn:
             await conn.execute(statement, rows)
 
-    async def save_decisions(self, items: Sequence[TrackedConversation]) -> None:
-        """Write new decisions of active or held conversations, and nothing else.
+    async def save_decisions(
+        self, changes: Sequence[tuple[TrackedConversation, TrackedConversation]]
+    ) -> None:
+        """Write new decisions (``(before, after)`` pairs), and nothing else.
 
-        The guard on the state leaves alone a row that a deletion moved on meanwhile.
+        A row is written only while its state is still the one the decision was made from: a
+        row a deletion moved on meanwhile (to deleting, deleted, or back) is left alone.
         """
-        if not items:
+        if not changes:
             return
         columns = (
             "due_at",
@@ -194,21 +217,20 @@ class Store:
             "age_from",
             "state",
             "grace_until",
+            "approved_at",
         )
         rows = []
-        for c in items:
+        for before, c in changes:
             row = {name: value for name, value in conversation_row(c).items() if name in columns}
             row.update(noted=c.dry_run_noted_at, k_agent=c.agent_id, k_session=c.session_id)
+            row["k_state"] = before.state.value
             rows.append(row)
         statement = (
             update(conversations)
             .where(
                 conversations.c.agent_id == bindparam("k_agent"),
                 conversations.c.session_id == bindparam("k_session"),
-                or_(  # not IN: executemany cannot expand a list
-                    conversations.c.state == State.ACTIVE.value,
-                    conversations.c.state == State.HELD.value,
-                ),
+                conversations.c.state == bindparam("k_state"),
             )
             .values(
                 {name: bindparam(name) for name in columns}
@@ -218,8 +240,16 @@ class Store:
         async with self.db.begin() as conn:
             await conn.execute(statement, rows)
 
-    async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None:
-        """Note that these conversations were seen listed again, unchanged: facts fresh now."""
+    async def touch(
+        self,
+        agent_id: int,
+        session_ids: Iterable[str],
+        *,
+        now: datetime,
+        facts_at: datetime | None = None,
+    ) -> None:
+        """Note that these conversations were seen listed again, unchanged: their facts were
+        read at ``facts_at`` (the walk's start; default ``now``)."""
         keys = list(session_ids)
         if not keys:
             return
@@ -229,7 +259,7 @@ class Store:
                 conversations.c.agent_id == agent_id,
                 conversations.c.session_id == bindparam("k_session"),
             )
-            .values(last_seen=now, facts_at=now)
+            .values(last_seen=now, facts_at=facts_at or now)
         )
         async with self.db.begin() as conn:
             await conn.execute(statement, [{"k_session": k} for k in keys])
@@ -241,12 +271,15 @@ class Store:
         limit: int,
         skip_dry_run_noted: bool = False,
         include_waiting: bool = False,
+        approved_only: bool = False,
+        approved_only_in: Collection[int] = (),
     ) -> list[TrackedConversation]:
         """Conversations left mid-delete first, then the due set, oldest due first.
 
         Both parts read ``ix_conversations_state_due``: the cost follows the number due.
         Those waiting (out a policy change's grace, or to retry a failed DELETE) are left out
-        unless asked for.
+        unless asked for. Where the breaker stops deletion (everywhere with ``approved_only``,
+        or in the agents ``approved_only_in``) only approved conversations are due.
         """
         unfinished = select(conversations).where(conversations.c.state == State.DELETING.value)
         due = select(conversations).where(
@@ -255,6 +288,11 @@ class Store:
         )
         if skip_dry_run_noted:
             due = due.where(conversations.c.dry_run_noted_at.is_(None))
+        approved = conversations.c.approved_at.is_not(None)
+        if approved_only:
+            due = due.where(approved)
+        elif approved_only_in:
+            due = due.where(or_(approved, conversations.c.agent_id.not_in(list(approved_only_in))))
         if not include_waiting:
             for until in (conversations.c.grace_until, conversations.c.retry_at):
                 due = due.where(or_(until.is_(None), until <= now))
@@ -268,6 +306,56 @@ class Store:
                 )
             ).all()
         return [conversation_from_row(r._mapping) for r in [*first, *rest]]
+
+    async def due_figures(self, now: datetime) -> list[AgentDue]:
+        """Per agent: unapproved conversations a deletion sweep would take now (by policy, by
+        their own TTL) and live ones: what the mass-deletion breaker judges."""
+        c = conversations.c
+        live = c.state.in_([State.ACTIVE.value, State.HELD.value, State.DELETING.value])
+        takes = and_(
+            c.state == State.ACTIVE.value,
+            c.due_at <= now,
+            c.approved_at.is_(None),
+            c.dry_run.is_(False),
+            c.dry_run_noted_at.is_(None),
+            or_(c.grace_until.is_(None), c.grace_until <= now),
+            or_(c.retry_at.is_(None), c.retry_at <= now),
+        )
+        by_ttl = c.rule == TTL_RULE
+        query = (
+            select(
+                c.agent_id,
+                func.sum(case((and_(takes, or_(c.rule.is_(None), ~by_ttl)), 1), else_=0)),
+                func.sum(case((and_(takes, by_ttl), 1), else_=0)),
+                func.sum(case((live, 1), else_=0)),
+            )
+            .where(live)
+            .group_by(c.agent_id)
+            .order_by(c.agent_id)
+        )
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [AgentDue(int(r[0]), int(r[1] or 0), int(r[2] or 0), int(r[3] or 0)) for r in rows]
+
+    async def approve(self, now: datetime, *, agent_id: int | None = None) -> int:
+        """Approve exactly the conversations due now (of one agent, or all): the breaker lets
+        them be deleted, over as many sweeps as the budget needs. Returns how many."""
+        c = conversations.c
+        statement = (
+            update(conversations)
+            .where(
+                c.state == State.ACTIVE.value,
+                c.due_at <= now,
+                c.approved_at.is_(None),
+                c.dry_run.is_(False),
+            )
+            .values(approved_at=now)
+        )
+        if agent_id is not None:
+            statement = statement.where(c.agent_id == agent_id)
+        async with self.db.begin() as conn:
+            result = await conn.execute(statement)
+        return int(result.rowcount or 0)
 
     async def set_state(
         self,
@@ -303,6 +391,35 @@ class Store:
             await conn.execute(statement)
 
     # ---- meta --------------------------------------------------------------------------------
+
+    async def identity(self) -> str:
+        """This store's own id, made at first use: a plan names the store it was made on."""
+        known = await self.get_meta(STORE_ID_KEY)
+        if known is None:
+            known = uuid.uuid4().hex
+            await self.set_meta(STORE_ID_KEY, known)
+        return known
+
+    async def approve_these(self, now: datetime, keys: Iterable[tuple[int, str]]) -> int:
+        """Approve these conversations, where they are due now (applying a plan approves it)."""
+        c = conversations.c
+        statement = (
+            update(conversations)
+            .where(
+                c.agent_id == bindparam("k_agent"),
+                c.session_id == bindparam("k_session"),
+                c.state == State.ACTIVE.value,
+                c.due_at <= now,
+                c.approved_at.is_(None),
+            )
+            .values(approved_at=now)
+        )
+        rows = [{"k_agent": agent, "k_session": session} for agent, session in keys]
+        if not rows:
+            return 0
+        async with self.db.begin() as conn:
+            result = await conn.execute(statement, rows)
+        return int(result.rowcount or 0)
 
     async def get_meta(self, key: str) -> str | None:
         async with self.db.connect() as conn:

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from retention.breaker import AgentDue, Limits
 from retention.budget import CallStats
 from retention.clocks import Clock, ClockReading, utc_now
 from retention.models import (
@@ -50,7 +58,13 @@ class Api(Protocol):
     async def list_conversations(
         self, agent_id: int, *, newer_than: int | None = None
     ) -> Listing: ...
-    async def delete_conversation(self, agent_id: int, session_id: str) -> DeleteOutcome: ...
+    async def delete_conversation(
+        self,
+        agent_id: int,
+        session_id: str,
+        *,
+        go_ahead: Callable[[], Awaitable[bool]] | None = None,
+    ) -> DeleteOutcome: ...
     async def last_activity(
         self, agent_id: int, session_id: str, *, urgent: bool = False
     ) -> datetime | None: ...
@@ -82,8 +96,17 @@ class ConversationRepository(Protocol):
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None: ...
     async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
     async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
-    async def save_decisions(self, items: Sequence[TrackedConversation]) -> None: ...
-    async def touch(self, agent_id: int, session_ids: Iterable[str], *, now: datetime) -> None: ...
+    async def save_decisions(
+        self, changes: Sequence[tuple[TrackedConversation, TrackedConversation]]
+    ) -> None: ...
+    async def touch(
+        self,
+        agent_id: int,
+        session_ids: Iterable[str],
+        *,
+        now: datetime,
+        facts_at: datetime | None = None,
+    ) -> None: ...
     async def due(
         self,
         now: datetime,
@@ -91,7 +114,10 @@ class ConversationRepository(Protocol):
         limit: int,
         skip_dry_run_noted: bool = False,
         include_waiting: bool = False,
+        approved_only: bool = False,
+        approved_only_in: Collection[int] = (),
     ) -> list[TrackedConversation]: ...
+    async def due_figures(self, now: datetime) -> list[AgentDue]: ...
     async def set_state(
         self,
         agent_id: int,
@@ -144,6 +170,7 @@ class EngineOptions:
     facts_max_age: timedelta = timedelta(minutes=10)
     # Delete nothing while the local clock and the server's Date differ by more than this.
     max_clock_skew: timedelta = timedelta(minutes=5)
+    breaker: Limits = Limits()  # the mass-deletion breaker's limits
 
 
 class AgentGate:
@@ -203,6 +230,9 @@ class Sweep:
     progress: Progress | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     monotonic: Callable[[], float] = time.monotonic  # carries the server's time forward
+    # Whether the store had rules in force before this run's (set by the engine): an agent
+    # walked for the first time after that was brought into scope by an edit.
+    rules_seen_before: bool = False
     _gates: dict[int, AgentGate] = field(default_factory=dict, repr=False)
 
     @classmethod

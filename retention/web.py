@@ -7,6 +7,7 @@
     GET  /v1/conversations/{agent}/{session}  facts, decision, audit rows
     POST /v1/conversations                    create and track: {"agent_id", "name", "ttl"}
     POST /v1/tracked                          track: {"agent_id", "session_id", "ttl"}
+    POST /v1/approve                          approve what is due now: {"agent_id"} or {}
 
 Changing endpoints always need ``Authorization: Bearer <admin token>``; without an admin token
 configured they are off. When one is configured, the /v1 read endpoints need it too. The server
@@ -17,7 +18,6 @@ the handlers find what they need under the application key :data:`CONTEXT`.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +29,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from retention import render, tracking
-from retention.config import AgentId, Duration, is_agent_id, parse_listen
+from retention.config import AgentId, Duration, check_admin_listen, is_agent_id, parse_listen
 from retention.daemon import Health
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
@@ -42,6 +42,7 @@ from retention.validation import first_error, problem_text
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound="_Body")
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Body(BaseModel):
@@ -70,15 +71,6 @@ class AdminContext:
     overdue_after: timedelta
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 CONTEXT = web.AppKey("context", AdminContext)
 
 
@@ -92,19 +84,15 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/v1/conversations/{agent}/{session}", _why)
     app.router.add_post("/v1/conversations", _create)
     app.router.add_post("/v1/tracked", _track)
+    app.router.add_post("/v1/approve", _approve)
     return app
 
 
 @asynccontextmanager
 async def serve(ctx: AdminContext, listen: str) -> AsyncIterator[str]:
     """Listen on ``host:port`` (port 0 picks one) and yield the base URL."""
+    check_admin_listen(listen, ctx.admin_token)  # the rule `retention check` applies too
     host, port = parse_listen(listen)
-    if not is_loopback(host) and ctx.admin_token is None:
-        raise ConfigError(
-            f"refusing to listen on {listen} beyond loopback without an admin token: set env "
-            "RETENTION_ADMIN_TOKEN or [admin] token_file",
-            key="admin.listen",
-        )
     runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
@@ -189,6 +177,8 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     body: dict[str, Any] = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
+        # Not a readiness problem: the daemon works as designed; an operator must decide.
+        "breaker": (await ctx.engine.breaker_verdict(now)).reasons(),
     }
     if health is not None:
         successes = health.last_success_at
@@ -252,6 +242,27 @@ async def _track(request: web.Request) -> web.StreamResponse:
     return await _record_change(ctx, request, TrackBody, act)
 
 
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: AgentId | None = None
+
+
+async def _approve(request: web.Request) -> web.StreamResponse:
+    """Approve exactly what is due now (of one agent, or all) past the mass-deletion breaker."""
+    ctx = request.app[CONTEXT]
+    body = await _parse(request, ApproveBody)
+    if isinstance(body, web.Response):
+        return body
+    approved = await ctx.store.approve(ctx.engine.clock(), agent_id=body.agent_id)
+    logger.warning(
+        "approved %d due conversations in %s past the breaker (admin API)",
+        approved,
+        f"agent {body.agent_id}" if body.agent_id is not None else "the account",
+    )
+    return web.json_response({"approved": approved, "agent_id": body.agent_id})
+
+
 async def _record_change(
     ctx: AdminContext,
     request: web.Request,
@@ -269,7 +280,7 @@ async def _record_change(
     return web.json_response(render.record_json(record, now=ctx.engine.clock()), status=201)
 
 
-async def _parse(request: web.Request, model: type[B]) -> B | web.Response:
+async def _parse(request: web.Request, model: type[M]) -> M | web.Response:
     try:
         raw = await request.json()
     except ValueError:

@@ -45,7 +45,7 @@ def test_example_file_loads_with_every_design_key() -> None:
     settings = load_config(EXAMPLE)
     assert settings.api.base_url == "https://app.customgpt.ai/api/v1/"
     assert settings.api.requests_per_minute == 60
-    assert settings.store.url == "sqlite+aiosqlite:///retention.db"
+    assert settings.store.url == f"sqlite+aiosqlite:///{REPO / 'retention.db'}"  # beside it
     assert settings.schedule.discover_every == timedelta(minutes=15)
     assert settings.schedule.delete_every == timedelta(minutes=1)
     assert settings.schedule.reconcile_every == timedelta(hours=24)
@@ -127,6 +127,10 @@ EVERYWHERE = '[[policies]]\nname = "all"\nagents = "*"\n'
         'name_regex = ""\nmax_age = "2h"',
         'name_regex = ".*"\nmax_age = "2h"',
         'name_regex = "x*"\nmax_age = "2h"',  # matches the empty string: searches succeed
+        'name_regex = "."\nmax_age = "2h"',  # any one character: every real name
+        'name_regex = "\\\\S"\nmax_age = "2h"',
+        'name_regex = "[[:print:]]"\nmax_age = "2h"',
+        'name_matches = ["?*"]\nmax_age = "2h"',
         'name_regex = "(?s).*"\nname_matches = ["**"]\nmax_age = "2h"',
         'origins = ["created", "registered", "discovered"]\nmax_age = "2h"',
         'user_type = "any"\nmax_age = "2h"',
@@ -256,7 +260,10 @@ def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    assert error_of(tmp_path / "nope.toml") == f"{tmp_path / 'nope.toml'}: file not found"
+    missing = tmp_path / "nope.toml"
+    assert error_of(missing) == (
+        f"{missing}: file not found; `retention init {missing}` writes a safe starter config there"
+    )
 
 
 def test_config_path_falls_back_to_env() -> None:

@@ -13,16 +13,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from retention.emulator import Emulator
+from retention.emulator import Emulator, Fault, RateLimit
 from retention.emulator.seed import EmuConversation
 from retention.engine import Engine
-from retention.models import AgeFrom, AuditOutcome, State
+from retention.models import AgeFrom, AuditOutcome, State, SweepReport
 from retention.policy import Hold, Policy, Rules
 from retention.store import Store
+from retention.sweep import EngineOptions
 
 from .conftest import ClientFactory, EngineFactory, small_state
 
 AGENT = 532
+DAY = timedelta(days=1)
 TEMP = Policy(
     name="temp", agents=frozenset({AGENT}), name_matches=("Temp*",), max_age=timedelta(hours=1)
 )
@@ -220,3 +222,125 @@ async def test_a_wall_clock_stepped_since_the_last_response_deletes_nothing(
     assert report.due == 4, "a day later by the stepped clock, they look due"
     assert report.held_back is not None and "1d ahead of the server's Date" in report.held_back
     assert emulator.calls("DELETE") == [] and {c.session_id for c in chats} <= alive(emulator)
+
+
+async def test_widening_a_policy_to_a_new_agent_waits_out_the_grace(
+    emulator: Emulator, make_engine: EngineFactory
+) -> None:
+    emulator.state.add_agent(533, "Sales bot", created_at=datetime.now(UTC) - timedelta(days=300))
+    old = [
+        emulator.state.add_conversation(533, f"Chat {n}", created_at=datetime.now(UTC) - 3 * DAY)
+        for n in range(3)
+    ]
+    week = Policy(name="week", agents=frozenset({AGENT}), max_age=2 * DAY)
+    grace = timedelta(hours=1)
+    await make_engine((week,), policy_change_grace=grace).sweep()  # the first rules: no grace
+    wider = replace(week, agents=frozenset({AGENT, 533}))  # an edit brings agent 533 in
+    report = await make_engine((wider,), policy_change_grace=grace).sweep()
+    assert report.new == 3 and report.deleted == 0
+    assert {c.session_id for c in old} <= emulator.live_sessions(533)
+
+
+async def test_a_slow_walk_stamps_facts_with_its_start_not_its_end(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    chat = add(emulator, "Chat x", age=timedelta(minutes=5))
+    fill(emulator, 60)  # pages 1 to 4; the chat on page 4
+    emulator.faults.append(Fault.delay(0.5, path="*/conversations", times=-1))
+    started = datetime.now(UTC)
+    await make_engine((TEMP,)).sweep()
+    stored = await store.get(AGENT, chat.session_id)
+    assert stored is not None and stored.facts_at is not None
+    assert stored.facts_at <= started + timedelta(seconds=0.5), "the walk's start, not its end"
+
+
+async def test_a_refresh_answer_without_a_name_deletes_nothing(
+    emulator: Emulator, make_engine: EngineFactory
+) -> None:
+    chat = add(emulator, "Temp x", age=timedelta(hours=1) - timedelta(seconds=2))
+    fill(emulator, 40)
+    by_age = Policy(name="old", agents=frozenset({AGENT}), max_age=timedelta(hours=1))
+    engine = make_engine((by_age,), (LEGAL,), facts_max_age=FRESH)
+    await engine.sweep()
+    rename(chat, "LEGAL x")
+    await asyncio.sleep(2.2)
+    chat.name = ""  # as an answer with no name reads
+    report = await engine.sweep()
+    assert report.deleted == 0 and report.failed == 1
+    assert chat.session_id in alive(emulator)
+
+
+async def test_an_edit_that_makes_a_row_left_mid_delete_due_again_waits_out_the_grace(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    chat = add(emulator, "Temp x", age=timedelta(hours=2))
+    grace = timedelta(hours=1)
+    engine = make_engine((TEMP,), policy_change_grace=grace)
+    await engine.sweep("discover", delete=False)
+    await store.set_state(AGENT, chat.session_id, State.DELETING, now=datetime.now(UTC))  # crash
+    await engine.set_rules(Rules((replace(TEMP, max_age=30 * DAY),), ()))
+    await engine.sweep()
+    await engine.set_rules(Rules((TEMP,), ()))  # an edit makes it due again
+    report = await engine.sweep()
+    assert report.deleted == 0 and chat.session_id in alive(emulator)
+
+
+async def _delete_sweep_until_first_answer(
+    engine: Engine, emulator: Emulator, status: int
+) -> asyncio.Task[SweepReport]:
+    task = asyncio.create_task(engine.sweep("delete", discover=False))
+    async with asyncio.timeout(10):
+        while not any(s.status == status for s in emulator.calls("DELETE")):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return task
+
+
+async def test_a_hold_put_in_force_while_the_delete_waits_out_a_429_withdraws_it(
+    emulator: Emulator, make_client: ClientFactory, store: Store
+) -> None:
+    chat = add(emulator, "Temp chat", age=timedelta(hours=2))
+    client = make_client()
+    engine = Engine(client, store, Rules((TEMP,), ()))
+    await engine.sweep("discover", delete=False)
+    emulator.rate_limit = RateLimit(limit=1, window=3)
+    await client.agent_settings(AGENT)  # the window's only request: the DELETE gets a 429
+    task = await _delete_sweep_until_first_answer(engine, emulator, 429)
+    hold = Hold(name="keep-this", session_ids=frozenset({chat.session_id}))
+    await engine.set_rules(Rules((TEMP,), (hold,)))  # a reload, during the pause
+    report = await asyncio.wait_for(task, 15)
+    assert [s.status for s in emulator.calls("DELETE")] == [429], "the retry was withdrawn"
+    assert report.deleted == 0 and chat.session_id in alive(emulator)
+    stored = await store.get(AGENT, chat.session_id)
+    assert stored is not None and (stored.state, stored.rule) == (State.HELD, "keep-this")
+
+
+async def test_a_rename_during_a_429_pause_longer_than_facts_max_age_withdraws_the_delete(
+    emulator: Emulator, make_client: ClientFactory, store: Store
+) -> None:
+    chat = add(emulator, "Temp chat", age=timedelta(hours=2))
+    fill(emulator, 40)
+    client = make_client()
+    options = EngineOptions(facts_max_age=FRESH)
+    engine = Engine(client, store, Rules((TEMP,), (LEGAL,)), options=options)
+    await engine.sweep("discover", delete=False)
+    emulator.rate_limit = RateLimit(limit=1, window=3)
+    await client.agent_settings(AGENT)
+    task = await _delete_sweep_until_first_answer(engine, emulator, 429)
+    rename(chat, "LEGAL chat")  # after the last decision, before the retry
+    report = await asyncio.wait_for(task, 15)
+    assert report.deleted == 0 and chat.session_id in alive(emulator)
+
+
+async def test_a_hold_put_in_force_while_a_503_is_retried_withdraws_the_retry(
+    emulator: Emulator, make_client: ClientFactory, store: Store
+) -> None:
+    chat = add(emulator, "Temp chat", age=timedelta(hours=2))
+    engine = Engine(make_client(), store, Rules((TEMP,), ()))
+    await engine.sweep("discover", delete=False)
+    emulator.faults.append(Fault.status(503, method="DELETE", times=1, delay_s=1.0))
+    task = await _delete_sweep_until_first_answer(engine, emulator, -1)
+    hold = Hold(name="keep-this", session_ids=frozenset({chat.session_id}))
+    await engine.set_rules(Rules((TEMP,), (hold,)))
+    report = await asyncio.wait_for(task, 15)
+    assert report.deleted == 0 and chat.session_id in alive(emulator)
+    assert len(emulator.calls("DELETE")) == 1, "the retry never went out"

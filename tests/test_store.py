@@ -179,18 +179,31 @@ async def test_agents_and_meta_round_trip(store: Store) -> None:
 
 
 async def test_bad_url_is_a_store_error() -> None:
-    with pytest.raises(StoreError, match="invalid store URL"):
+    with pytest.raises(StoreError, match="not a SQLAlchemy URL"):
         await Store.open("not a url")
-    with pytest.raises(StoreError, match="cannot use store URL"):
+    with pytest.raises(StoreError, match="unknown database or driver 'nosuchdb\\+driver'"):
         await Store.open("nosuchdb+driver://x/y")
+    with pytest.raises(StoreError, match="driver 'sqlite' is not async"):
+        await Store.open("sqlite:///r.db")
 
 
 async def test_saving_decisions_leaves_rows_a_deletion_moved_on(store: Store) -> None:
     await store.insert([tracked(1), tracked(2)], now=NOW)
     snapshot = {c.session_id: c for c in await store.conversations()}
     await store.set_state(532, "s-2", State.DELETED, now=NOW)  # a deletion, meanwhile
-    decided = [replace(c, rule="new", due_at=NOW, reason="re-evaluated") for c in snapshot.values()]
+    decided = [
+        (c, replace(c, rule="new", due_at=NOW, reason="re-evaluated")) for c in snapshot.values()
+    ]
     await store.save_decisions(decided)
     first, second = await store.get(532, "s-1"), await store.get(532, "s-2")
     assert first is not None and (first.rule, first.state) == ("new", State.ACTIVE)
     assert second is not None and (second.rule, second.state) == (None, State.DELETED)
+
+
+async def test_saving_decisions_leaves_a_row_that_went_mid_delete_meanwhile(store: Store) -> None:
+    await store.insert([tracked(1)], now=NOW)
+    [before] = await store.conversations()
+    await store.set_state(532, "s-1", State.DELETING, now=NOW)  # the intent, meanwhile
+    await store.save_decisions([(before, replace(before, rule="new", state=State.HELD))])
+    row = await store.get(532, "s-1")
+    assert row is not None and (row.rule, row.state) == (None, State.DELETING)

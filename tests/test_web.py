@@ -320,3 +320,35 @@ async def test_plan_endpoint_reads_the_store_without_api_calls(
     assert status == 200
     assert [item["session_id"] for item in plan["due"]] == [due.session_id]
     assert len(emulator.served) == served
+
+
+async def test_the_breaker_shows_in_readyz_and_metrics_and_approve_releases_it(
+    http: aiohttp.ClientSession,
+    admin: str,
+    emulator: Emulator,
+    make_engine: EngineFactory,
+    context: AdminContext,
+) -> None:
+    everything = Policy(name="all", agents=frozenset({532}), max_age=timedelta(seconds=1))
+    engine = make_engine((everything,))
+    engine.listeners.append(context.metrics.observe_sweep)
+    context.engine = engine
+    report = await engine.sweep("delete")
+    assert report.deleted == 0
+    status, body = await call(http, "GET", admin + "/readyz")
+    assert status == 200, "an operator must decide; the daemon is not broken"
+    assert body["breaker"][0].startswith("agent 532: 45 of 45 live")
+    _, text = await call(http, "GET", admin + "/metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples[("retention_breaker_tripped", (("scope", "532"),))] == 1
+    assert (await call(http, "POST", admin + "/v1/approve", json={}))[0] == 401
+    status, body = await call(
+        http, "POST", admin + "/v1/approve", json={"agent_id": 532}, headers=AUTH
+    )
+    assert (status, body) == (200, {"approved": 45, "agent_id": 532})
+    assert (await engine.sweep("delete")).deleted == 45
+    assert (await call(http, "GET", admin + "/readyz"))[1]["breaker"] == []
