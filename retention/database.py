@@ -6,7 +6,9 @@ every ``SQLAlchemyError`` raised inside them into a :class:`retention.errors.Sto
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from retention.errors import ConfigError, StoreError
@@ -25,9 +27,13 @@ BUSY_TIMEOUT_MS = 5000
 class Database:
     """An async SQLAlchemy engine, opened from a URL. Build it with :meth:`open`."""
 
-    def __init__(self, bind: AsyncEngine, *, created: bool = False) -> None:
+    def __init__(
+        self, bind: AsyncEngine, *, created: bool = False, path: Path | None = None
+    ) -> None:
         self.bind = bind
         self.created = created  # this open made the SQLite file (empty until migrated)
+        self.path = path  # the SQLite file, when the store is one
+        self._file_id = _file_id(path) if path is not None else None  # (st_dev, st_ino) opened
 
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> Database:
@@ -38,9 +44,13 @@ class Database:
         sqlite = parsed.get_backend_name() == "sqlite"
         database = parsed.database or ""
         created = False
+        path = None
         if sqlite and database not in ("", ":memory:") and not database.startswith("file:"):
+            path = Path(database)
             if create:
                 created = _create_file(database)
+                if not created:
+                    _require_schema(database)
             elif not Path(database).exists():
                 raise ConfigError(f"no store at {database!r}", key="store.url")
             elif Path(database).stat().st_size == 0:  # refused before a connection writes it
@@ -51,30 +61,61 @@ class Database:
             raise StoreError(f"cannot use store URL: {exc}") from None
         if sqlite:
             event.listen(bind.sync_engine, "connect", _sqlite_pragmas)
-        return cls(bind, created=created)
+        return cls(bind, created=created, path=path)
 
     def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection in a transaction, committed when the block ends without an error."""
-        return _translating(self.bind.begin())
+        return self._translating(self.bind.begin())
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for reading."""
-        return _translating(self.bind.connect())
+        return self._translating(self.bind.connect())
 
     async def close(self) -> None:
         await self.bind.dispose()
 
+    def file_problem(self) -> str | None:
+        """Why the SQLite file at the store's path is no longer the one opened, or None: removed,
+        replaced by another file (another inode), or emptied. Connections opened before go on
+        reading and writing the old file, which nobody will read again: nothing must be written.
+        """
+        if self.path is None or self._file_id is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the store file {str(self.path)!r} was removed"
+        except OSError as exc:
+            return f"the store file {str(self.path)!r} cannot be found: {exc.strerror}"
+        if (stat.st_dev, stat.st_ino) != self._file_id:
+            return f"the store file {str(self.path)!r} was replaced by another file"
+        if stat.st_size == 0:
+            return f"the store file {str(self.path)!r} was truncated to 0 bytes"
+        return None
 
-@asynccontextmanager
-async def _translating(
-    opening: AbstractAsyncContextManager[AsyncConnection],
-) -> AsyncIterator[AsyncConnection]:
-    try:
-        async with opening as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise StoreError(f"{type(cause).__name__}: {cause}") from exc
+    async def backup(self, target: Path) -> None:
+        """Copy the live SQLite store to ``target`` (made 0600, never overwritten) with SQLite's
+        online backup API: a consistent copy while the daemon goes on writing."""
+        if self.path is None:
+            raise ConfigError("only a SQLite store file can be backed up", key="store.url")
+        await asyncio.to_thread(_backup, self.path, target)
+
+    @asynccontextmanager
+    async def _translating(
+        self, opening: AbstractAsyncContextManager[AsyncConnection]
+    ) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with opening as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            if isinstance(exc, OperationalError):
+                # A read-only file or folder, a full disk: the pool keeps the connections whose
+                # SQLite handle went bad (SQLite opens a file it cannot write read-only, for
+                # good). Drop them all, so the next use opens fresh ones and the store is used
+                # again by itself once it is writable. Connections in use close when returned.
+                await self.bind.dispose()
+            raise StoreError(f"{type(cause).__name__}: {cause}") from exc
 
 
 def parse_url(url: str) -> URL:
@@ -101,6 +142,67 @@ def parse_url(url: str) -> URL:
     except ImportError:
         raise StoreError(f"the driver of {parsed.drivername!r} is not installed") from None
     return parsed
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _require_schema(database: str) -> None:
+    """An existing store file this open did not make must be a store: a file truncated to 0
+    bytes, or a SQLite file without retention's tables, is never silently made a fresh store
+    (its TTLs and deletions in progress would be lost without a word)."""
+    restore = (
+        "restore it from a backup (`retention db backup`; README: Deployment), or remove it "
+        "to start an empty store"
+    )
+    if os.stat(database).st_size == 0:
+        raise ConfigError(f"the store {database!r} is empty (0 bytes): {restore}", key="store.url")
+    try:
+        conn = sqlite3.connect(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"the store {database!r} cannot be read ({exc}): {restore}", key="store.url"
+        ) from None
+    if found is None:
+        raise ConfigError(
+            f"the store {database!r} has no retention schema: {restore}", key="store.url"
+        )
+
+
+def _backup(source: Path, target: Path) -> None:
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise ConfigError(f"{str(target)!r} exists: a backup never overwrites a file") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create {str(target)!r}: {exc.strerror}") from None
+    try:
+        src = sqlite3.connect(source)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        target.unlink(missing_ok=True)
+        raise StoreError(f"cannot back up {str(source)!r}: {exc}") from None
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def _create_file(database: str) -> bool:

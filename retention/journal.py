@@ -14,7 +14,9 @@ from sqlalchemy import and_, case, func, insert, or_, select, update
 
 from retention.database import Database
 from retention.models import AgentStatus, AuditRecord, State, SweepRecord, SweepReport
-from retention.schema import audit, audit_from_row, conversations, sweep_from_row, sweeps
+from retention.schema import audit, audit_from_row, conversations, meta, sweep_from_row, sweeps
+
+STORE_ID_KEY = "store_id"
 
 
 class Journal:
@@ -22,6 +24,27 @@ class Journal:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._store_id: str | None = None  # the store's own id, as first read
+
+    async def check_identity(self) -> str | None:
+        """Why the store is no longer the one opened, or None.
+
+        Made at the start of every sweep, before it writes: a SQLite file removed, replaced or
+        emptied under the running process (its connections would go on writing into a file
+        nobody reads again), or a database whose own id (``meta.store_id``) changed.
+        """
+        if (problem := self.db.file_problem()) is not None:
+            return problem
+        async with self.db.connect() as conn:
+            row = (
+                await conn.execute(select(meta.c.value).where(meta.c.key == STORE_ID_KEY))
+            ).first()
+        store_id = str(row[0]) if row else None
+        if self._store_id is None:
+            self._store_id = store_id  # none yet: the first plan file makes one
+        elif store_id != self._store_id:
+            return f"the store's id changed from {self._store_id} to {store_id}: another database"
+        return None
 
     # ---- audit -------------------------------------------------------------------------------
 

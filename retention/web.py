@@ -165,6 +165,11 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
             problems.append(f"store schema at {revision}, not {head_revision()}")
     except StoreError:
         problems.append("the store is not reachable")
+    try:
+        if (lost := await ctx.store.journal.check_identity()) is not None:
+            problems.append(f"the store is lost, deleting nothing: {lost}")
+    except StoreError:
+        pass  # said above
     health = ctx.health
     now = ctx.engine.clock()
     for kind, since in sorted((health.failing_since if health else {}).items()):
