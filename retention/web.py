@@ -75,7 +75,7 @@ CONTEXT = web.AppKey("context", AdminContext)
 
 
 def build_app(ctx: AdminContext) -> web.Application:
-    app = web.Application(middlewares=[_errors, _admin_auth])
+    app = web.Application(middlewares=[_errors, _admin_auth, _store_intact])
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -150,6 +150,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except StoreError as exc:
         logger.error("admin %s %s: %s", request.method, request.path, exc)
         return _fail(503, "the store is not available")
+
+
+@web.middleware
+async def _store_intact(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Nothing is written into a store whose file was removed or replaced under the daemon: it
+    would go into a file nobody reads again."""
+    if request.method not in ("GET", "HEAD"):
+        lost = await request.app[CONTEXT].store.journal.check_identity()
+        if lost is not None:
+            return _fail(503, f"the store is lost, nothing written: {lost}")
+    return await handler(request)
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:

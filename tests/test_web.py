@@ -352,3 +352,18 @@ async def test_the_breaker_shows_in_readyz_and_metrics_and_approve_releases_it(
     assert (status, body) == (200, {"approved": 45, "agent_id": 532})
     assert (await engine.sweep("delete")).deleted == 45
     assert (await call(http, "GET", admin + "/readyz"))[1]["breaker"] == []
+
+
+async def test_a_store_removed_under_the_admin_surface_fails_readiness_and_writes_nothing(
+    http: aiohttp.ClientSession, admin: str, store: Store, emulator: Emulator
+) -> None:
+    assert store.db.path is not None
+    for suffix in ("", "-wal", "-shm"):
+        store.db.path.with_name(store.db.path.name + suffix).unlink(missing_ok=True)
+    status, body = await call(http, "GET", admin + "/readyz")
+    assert status == 503
+    assert any("the store is lost" in p and "was removed" in p for p in body["problems"])
+    create = {"agent_id": 532, "name": "Short-lived", "ttl": "2h"}
+    status, error = await call(http, "POST", admin + "/v1/conversations", json=create, headers=AUTH)
+    assert status == 503 and "was removed" in error["error"]
+    assert not emulator.calls("POST")
