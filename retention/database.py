@@ -157,7 +157,7 @@ def _require_schema(database: str) -> None:
     bytes, or a SQLite file without retention's tables, is never silently made a fresh store
     (its TTLs and deletions in progress would be lost without a word)."""
     restore = (
-        "restore it from a backup (`retention db backup`; README: Deployment), or remove it "
+        "restore it from a backup (README: Deployment, restoring the store), or remove it "
         "to start an empty store"
     )
     if os.stat(database).st_size == 0:
