@@ -167,6 +167,9 @@ class ApiSettings(_Section):
 
 class StoreSettings(_Section):
     url: str = "sqlite+aiosqlite:///retention.db"
+    # One writer per store: a writer's lease lapses this long after its last heartbeat (every
+    # third of it), and a standby takes over then.
+    lease_ttl: Interval = timedelta(seconds=30)
 
     @field_validator("url")
     @classmethod

@@ -252,6 +252,8 @@ async def _still_to_delete(sweep: Sweep, decided: TrackedConversation) -> bool:
     """The last check, made when the DELETE's turn has come (after the budget, a 429 pause, a
     retry's wait): the row still mid-delete, still due and unheld under the rules in force now,
     on facts still fresh enough, not dry-run, not held back by a grace or the clock."""
+    if sweep.lease is not None and not sweep.lease.valid():
+        return False  # paused or cut off past the lease: another writer may have taken over
     now = sweep.clock()
     stored = await sweep.conversations.get(decided.agent_id, decided.session_id)
     if stored is None or stored.state is not State.DELETING:
@@ -293,9 +295,16 @@ async def _send_delete(
     sweep: Sweep, current: TrackedConversation, report: SweepReport, sweep_id: int | None
 ) -> None:
     store, now = sweep.conversations, sweep.clock()
-    # Intent first: a crash after this line is resolved by the next sweep.
+    # Intent first: a crash after this line is resolved by the next sweep. Fenced: a writer
+    # that lost the store's lease cannot record it (LeaseLost ends the sweep).
+    fence = sweep.lease.current() if sweep.lease is not None else None
     await store.set_state(
-        current.agent_id, current.session_id, State.DELETING, now=now, count_attempt=True
+        current.agent_id,
+        current.session_id,
+        State.DELETING,
+        now=now,
+        count_attempt=True,
+        fence=fence,
     )
 
     async def go_ahead() -> bool:

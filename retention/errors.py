@@ -38,6 +38,10 @@ class StoreError(RetentionError):
     """The local store failed; the message says which operation and why."""
 
 
+class LeaseLost(RetentionError):
+    """This process no longer holds the store's lease: another writer took over."""
+
+
 class ApiError(RetentionError):
     """A CustomGPT API call that did not succeed."""
 

@@ -298,6 +298,17 @@ class SweepRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Who may change a store's conversations of one scope (an account), until when."""
+
+    scope: str
+    holder: str
+    token: int  # the fencing token: grows with every new holder
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class AgentRecord:
     """What the store keeps about an agent between sweeps."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from retention.breaker import Limits
 from retention.budget import RequestBudget
@@ -26,6 +27,7 @@ from retention.client import CustomGPTClient
 from retention.config import ENV_PREFIX, TOKEN_ENV, Settings, check_admin_listen
 from retention.engine import Engine
 from retention.errors import ConfigError
+from retention.lease import LeaseKeeper
 from retention.logs import Secrets
 from retention.store import Store
 from retention.sweep import EngineOptions, Progress, Sweep
@@ -42,6 +44,7 @@ class Runtime:
     client: CustomGPTClient
     engine: Engine
     stack: AsyncExitStack
+    lease: LeaseKeeper | None = None  # held by writers (run, once, apply)
 
     @property
     def sweep(self) -> Sweep:
@@ -145,10 +148,14 @@ async def open_runtime(
     dry_run: bool = False,
     progress: Progress | None = None,
     create: bool = True,
+    writer: bool = False,
+    standby: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Store, HTTP session, budget, client and engine, closed in reverse order on exit.
 
-    ``create=False``: the store must exist and be current (see :func:`open_store`).
+    ``create=False``: the store must exist and be current (see :func:`open_store`). A
+    ``writer`` (run, once, apply) takes the store's lease first and keeps it while it runs
+    (see :mod:`retention.lease`); ``standby`` waits for it instead of refusing.
     """
     token = require_token(settings)
     for warning in settings.warnings:
@@ -175,7 +182,25 @@ async def open_runtime(
             options=engine_options(settings, dry_run=dry_run),
             progress=progress,
         )
-        yield Runtime(settings, store, client, engine, stack)
+        keeper = None
+        if writer:
+            keeper = LeaseKeeper(
+                store, ttl=settings.store.lease_ttl, lock_file=lock_file_of(settings)
+            )
+            await keeper.take(standby=standby)
+            stack.push_async_callback(keeper.release)
+            keeping = asyncio.create_task(keeper.keep())
+            stack.callback(keeping.cancel)
+            engine.context.lease = keeper
+        yield Runtime(settings, store, client, engine, stack, keeper)
+
+
+def lock_file_of(settings: Settings) -> Path | None:
+    """The OS lock file beside a SQLite store (None for other databases)."""
+    url = make_url(settings.store.url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database + ".lock")
 
 
 async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
@@ -221,4 +246,14 @@ async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
     if schedule.watch_config:
         watching = asyncio.create_task(watcher.watch())
         stack.callback(watching.cancel)
-    return await daemon.run(run_for=run_for)
+    keeper = runtime.lease
+    if keeper is not None:  # a lost lease stops the daemon: another writer has taken over
+
+        async def stop_when_lost() -> None:
+            await keeper.lost.wait()
+            daemon.request_stop()
+
+        losing = asyncio.create_task(stop_when_lost())
+        stack.callback(losing.cancel)
+    code = await daemon.run(run_for=run_for)
+    return 1 if keeper is not None and keeper.lost.is_set() else code

@@ -30,6 +30,7 @@ from retention.models import (
     AgentRecord,
     AuditOutcome,
     AuditRecord,
+    Lease,
     Origin,
     State,
     SweepRecord,
@@ -147,6 +148,17 @@ sweeps = Table(
     Column("calls_by_kind", Text, nullable=True),
     Column("error", Text, nullable=True),
     Index("ix_sweeps_started", "started_at"),
+)
+
+# One writer per store and account: the holder, a fencing token that only grows, an expiry.
+leases = Table(
+    "leases",
+    metadata,
+    Column("scope", String(128), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("token", Integer, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )
 
 meta = Table(
@@ -269,4 +281,14 @@ def sweep_from_row(m: Any) -> SweepRecord:
         api_calls=m["api_calls"],
         calls_by_kind={str(k): int(v) for k, v in calls.items()},
         error=m["error"],
+    )
+
+
+def lease_from_row(m: Any) -> Lease:
+    return Lease(
+        scope=m["scope"],
+        holder=m["holder"],
+        token=m["token"],
+        acquired_at=m["acquired_at"],
+        expires_at=m["expires_at"],
     )

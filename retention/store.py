@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
@@ -18,16 +19,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from retention.breaker import AgentDue
 from retention.database import Database
-from retention.errors import ConfigError, StoreError
+from retention.errors import ConfigError, LeaseLost, StoreError
 from retention.journal import Journal
 from retention.migrate import current_revision, head_revision, upgrade_to_head
-from retention.models import TTL_RULE, AgentRecord, Origin, State, TrackedConversation
+from retention.models import TTL_RULE, AgentRecord, Lease, Origin, State, TrackedConversation
 from retention.schema import (
     agent_from_row,
     agents,
     conversation_from_row,
     conversation_row,
     conversations,
+    lease_from_row,
+    leases,
     meta,
 )
 
@@ -367,7 +370,11 @@ class Store:
         error: str | None = None,
         count_attempt: bool = False,
         retry_at: datetime | None = None,
+        fence: Lease | None = None,
     ) -> None:
+        """Move a conversation to ``state``. With ``fence`` (the intent to delete), only while
+        that lease is still the one in force, in the same statement: a holder that lost its
+        lease (paused, partitioned) cannot record an intent, so cannot delete. LeaseLost then."""
         values: dict[str, Any] = {"state": state.value, "last_error": error, "retry_at": retry_at}
         if state in (State.DELETED, State.GONE):
             values["finished_at"] = now
@@ -378,8 +385,88 @@ class Store:
             .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
             .values(**values)
         )
+        if fence is not None:
+            statement = statement.where(
+                select(leases.c.token)
+                .where(
+                    leases.c.scope == fence.scope,
+                    leases.c.token == fence.token,
+                    leases.c.holder == fence.holder,
+                    leases.c.expires_at > now,
+                )
+                .exists()
+            )
         async with self.db.begin() as conn:
-            await conn.execute(statement)
+            result = await conn.execute(statement)
+        if fence is not None and not result.rowcount:
+            raise LeaseLost(f"the lease on {fence.scope} is no longer {fence.holder}'s")
+
+    # ---- leases ------------------------------------------------------------------------------
+
+    async def lease(self, scope: str) -> Lease | None:
+        async with self.db.connect() as conn:
+            row = (await conn.execute(select(leases).where(leases.c.scope == scope))).first()
+        return lease_from_row(row._mapping) if row else None
+
+    async def take_lease(
+        self, scope: str, holder: str, *, now: datetime, ttl: timedelta, force: bool = False
+    ) -> Lease | None:
+        """Take the lease when it is free, lapsed or already ours; None while another holds it.
+        ``force`` takes it from a holder known to be dead (its OS lock was free).
+
+        Compare-and-swap on the token: of two takers of a lapsed lease one wins, and a new
+        holder's token is one more than any before it.
+        """
+        current = await self.lease(scope)
+        expires = now + ttl
+        if current is None:
+            try:
+                async with self.db.begin() as conn:
+                    await conn.execute(
+                        insert(leases).values(
+                            scope=scope, holder=holder, token=1, acquired_at=now, expires_at=expires
+                        )
+                    )
+            except StoreError:
+                return None  # another took it first
+            return Lease(scope, holder, 1, now, expires)
+        if current.holder != holder and current.expires_at > now and not force:
+            return None
+        token = current.token if current.holder == holder else current.token + 1
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(leases)
+                .where(leases.c.scope == scope, leases.c.token == current.token)
+                .values(holder=holder, token=token, acquired_at=now, expires_at=expires)
+            )
+        return Lease(scope, holder, token, now, expires) if result.rowcount else None
+
+    async def renew_lease(self, lease: Lease, *, now: datetime, ttl: timedelta) -> Lease | None:
+        """Extend our lease; None when it is no longer ours (lapsed and taken, or gone)."""
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(leases)
+                .where(
+                    leases.c.scope == lease.scope,
+                    leases.c.holder == lease.holder,
+                    leases.c.token == lease.token,
+                )
+                .values(expires_at=now + ttl)
+            )
+        return replace(lease, expires_at=now + ttl) if result.rowcount else None
+
+    async def release_lease(self, lease: Lease, *, now: datetime) -> None:
+        """Let the lease lapse now, if it is still ours: a standby takes over at once."""
+        async with self.db.begin() as conn:
+            await conn.execute(
+                update(leases)
+                .where(
+                    leases.c.scope == lease.scope,
+                    leases.c.holder == lease.holder,
+                    leases.c.token == lease.token,
+                )
+                .values(expires_at=now)
+            )
 
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None:
         statement = (

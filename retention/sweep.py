@@ -36,6 +36,7 @@ from retention.models import (
     DecisionKind,
     DeleteOutcome,
     Fact,
+    Lease,
     Listing,
     State,
     SweepReport,
@@ -128,6 +129,7 @@ class ConversationRepository(Protocol):
         error: str | None = None,
         count_attempt: bool = False,
         retry_at: datetime | None = None,
+        fence: Lease | None = None,
     ) -> None: ...
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None: ...
 
@@ -138,6 +140,13 @@ class SweepJournal(Protocol):
     async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None: ...
     async def start_sweep(self, report: SweepReport) -> int: ...
     async def finish_sweep(self, sweep_id: int, report: SweepReport) -> None: ...
+
+
+class LeaseGuard(Protocol):
+    """The store's lease, as deletion needs it: to fence intents, and to know it still holds."""
+
+    def current(self) -> Lease: ...
+    def valid(self) -> bool: ...
 
 
 class MetaRepository(Protocol):
@@ -233,6 +242,7 @@ class Sweep:
     # Whether the store had rules in force before this run's (set by the engine): an agent
     # walked for the first time after that was brought into scope by an edit.
     rules_seen_before: bool = False
+    lease: LeaseGuard | None = None  # a writer's lease; None: no lease in use (tests, plan)
     _gates: dict[int, AgentGate] = field(default_factory=dict, repr=False)
 
     @classmethod
