@@ -17,7 +17,7 @@ from retention.breaker import Verdict, judge
 from retention.clocks import Clock, utc_now
 from retention.deletion import delete_due, delete_these, refresh_if_stale
 from retention.discovery import discover_all
-from retention.errors import ApiError, AuthError, NotFoundError
+from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
 from retention.models import PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules
@@ -151,8 +151,16 @@ class Engine:
         A daemon's sweep deletes one batch; ``until_done`` (``once``) goes on batch after batch
         until nothing it may delete is left, at most ``cap`` conversations.
         """
-        report = SweepReport(kind=kind, started_at=self.clock(), dry_run=self.options.dry_run)
         journal = self.context.journal
+        # Before anything is written (daemon, once, apply): a store file removed or replaced
+        # under us would take every write (facts, intents, audit) into a file nobody reads again.
+        if (lost := await journal.check_identity()) is not None:
+            raise StoreError(
+                f"the store is lost: {lost}; this sweep deletes nothing and discovers nothing "
+                "(its writes would be lost): stop the daemon, restore the store from a backup "
+                "(README: Deployment) or remove it, and start again"
+            )
+        report = SweepReport(kind=kind, started_at=self.clock(), dry_run=self.options.dry_run)
         sweep_id = await journal.start_sweep(report)
         with self.context.api.stats.scope() as calls:
             try:

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import and_, case, func, insert, or_, select, update
 
 from retention.database import Database
-from retention.errors import StoreError
 from retention.models import AgentStatus, AuditRecord, State, SweepRecord, SweepReport
 from retention.schema import audit, audit_from_row, conversations, meta, sweep_from_row, sweeps
 
@@ -80,15 +79,6 @@ class Journal:
     # ---- sweeps ------------------------------------------------------------------------------
 
     async def start_sweep(self, report: SweepReport) -> int:
-        # Every sweep (daemon, once, apply) starts here, before it writes anything else: a store
-        # file removed or replaced under us would take every write (facts, intents, audit) into
-        # a file nobody reads again, so the sweep stops: no discovery, no deletion.
-        if (lost := await self.check_identity()) is not None:
-            raise StoreError(
-                f"the store is lost: {lost}; this sweep deletes nothing and discovers nothing "
-                "(its writes would be lost): stop the daemon, restore the store from a backup "
-                "(README: Deployment) or remove it, and start again"
-            )
         async with self.db.begin() as conn:
             result = await conn.execute(
                 insert(sweeps).values(
