@@ -106,8 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(approve)
     approve.add_argument("--agent", type=_agent_id, help="only this agent's (default: all)")
 
-    run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon",
+        description="Run the daemon. It takes the store's lease first: a second daemon on the "
+        "same store refuses to start (exit 2), naming the holder, unless --standby.",
+    )
     _config_option(run)
+    run.add_argument(
+        "--standby",
+        action="store_true",
+        help="wait for the store's lease and take over when its holder's lapses",
+    )
 
     create = commands.add_parser(
         "create",
@@ -155,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade", help="apply pending migrations", description="Apply pending migrations."
     )
     _config_option(upgrade)
+    backup = db_commands.add_parser(
+        "backup",
+        help="copy the live SQLite store to FILE, consistently (SQLite's online backup)",
+        description="Copy the SQLite store to FILE (0600) with SQLite's online backup API: a "
+        "consistent copy while the daemon runs. Never overwrites FILE. Restore: stop the daemon, "
+        "copy FILE to the store's path, remove its -wal and -shm files, start the daemon.",
+    )
+    backup.add_argument("file", metavar="FILE", help="where the copy goes; must not exist")
+    _config_option(backup)
 
     demo = commands.add_parser(
         "demo",
@@ -277,7 +296,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "approve":
         return await commands.approve(settings, agent_id=args.agent)
     if args.command == "run":
-        return await commands.run(settings)
+        return await commands.run(settings, standby=args.standby)
     if args.command == "create":
         return await commands.create(
             settings, agent_id=args.agent, name=args.name, ttl=_ttl(args), output=_output(args)
@@ -292,6 +311,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "status":
         return await commands.status(settings)
+    if args.command == "db" and args.db_command == "backup":
+        return await commands.db_backup(settings, Path(args.file))
     if args.command == "db":
         return await commands.db_upgrade(settings)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover

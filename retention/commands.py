@@ -133,7 +133,7 @@ async def apply(settings: Settings, *, path: Path, max_age: timedelta) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc), source=str(path)) from None
     with terminal_progress() as progress:
-        async with open_runtime(settings, progress=progress) as runtime:
+        async with open_runtime(settings, progress=progress, writer=True) as runtime:
             engine, now = runtime.engine, datetime.now(UTC)
             try:
                 planfile.check(
@@ -176,7 +176,9 @@ async def once(settings: Settings, *, dry_run: bool, cap: int | None = None) -> 
     purpose: the breaker tripped, the clock guard held back, or a failure cut the sweep short.
     """
     with terminal_progress() as progress:
-        async with open_runtime(settings, dry_run=dry_run, progress=progress) as runtime:
+        async with open_runtime(
+            settings, dry_run=dry_run, progress=progress, writer=True
+        ) as runtime:
             report = await runtime.engine.sweep("once", until_done=True, cap=cap)
             left = await runtime.engine.remaining()
     print(report.summary())
@@ -200,17 +202,18 @@ async def approve(settings: Settings, *, agent_id: int | None) -> int:
     return EXIT_OK
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: Settings, *, standby: bool = False) -> int:
     preflight(settings)  # exactly what `retention check` refuses, before anything is opened
     logger.info("effective configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, writer=True, standby=standby) as runtime:
         return await run_daemon(runtime)
 
 
 async def create(
     settings: Settings, *, agent_id: int, name: str, ttl: timedelta | None, output: str
 ) -> int:
-    async with open_runtime(settings) as runtime:
+    # A writer like run: with a daemon running, create through its admin API instead.
+    async with open_runtime(settings, writer=True) as runtime:
         record = await tracking.create(runtime.sweep, agent_id=agent_id, name=name, ttl=ttl)
     _print_record(record, output, verb="created")
     return 0
@@ -219,7 +222,7 @@ async def create(
 async def track(
     settings: Settings, *, agent_id: int, session_id: str, ttl: timedelta | None, output: str
 ) -> int:
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, writer=True) as runtime:
         record = await tracking.track(
             runtime.sweep, agent_id=agent_id, session_id=session_id, ttl=ttl
         )
@@ -283,6 +286,14 @@ async def db_upgrade(settings: Settings) -> int:
     else:
         print(f"store upgraded from {before or 'empty'} to {after}")
     return 0
+
+
+async def db_backup(settings: Settings, target: Path) -> int:
+    """A consistent copy of the live store (SQLite's online backup), 0600, never overwriting."""
+    async with open_store(settings, migrate=False, create=False) as store:
+        await store.db.backup(target)
+    print(f"store backed up to {target}")
+    return EXIT_OK
 
 
 def init(path: str) -> int:

@@ -1,13 +1,14 @@
 """One writer per store and account: take the lease, keep it with a heartbeat, give it back.
 
-A writer (``run``, ``once``, ``apply``) takes the lease of its scope (``account:default``) in the
-store before it changes anything: a row naming the holder (host, pid, start time), a fencing
-token that only grows, and an expiry that a heartbeat renews every third of ``lease_ttl``. A
-second writer refuses to start, naming the holder and when its lease expires, or, as a standby,
-waits and takes over once the lease lapses. Every intent to delete is written in the same
-statement as a check that the lease is still this holder's (``Store.set_state(fence=...)``), and
-just before a DELETE goes out the keeper's own reckoning, on the monotonic clock, must still say
-the lease is held: a holder that was paused or cut off past its lease deletes nothing after.
+A writer (``run``, ``once``, ``apply``, ``create``, ``track``) takes the lease of its scope
+(``account:default``) in the store before it changes anything: a row naming the holder (host,
+pid, start time), a fencing token that only grows, and an expiry that a heartbeat renews every
+third of ``lease_ttl``. A second writer refuses to start, naming the holder and when its lease
+expires, or, as a standby, waits and takes over once the lease lapses. Every intent to delete is
+written in the same statement as a check that the lease is still this holder's
+(``Store.set_state(fence=...)``), and just before a DELETE goes out the keeper's own reckoning,
+on the monotonic clock, must still say the lease is held: a holder that was paused or cut off
+past its lease deletes nothing after.
 
 On SQLite the keeper also holds an advisory OS lock on a file beside the database for as long
 as it runs; a standby that takes over a lapsed lease from a process that is stopped but still
@@ -104,7 +105,8 @@ class LeaseKeeper:
             if not standby:
                 raise LeaseHeld(
                     f"another retention holds the store's lease on {self.scope}: {who}, until "
-                    f"{until} (renewed while it runs); stop it, or start this one with --standby"
+                    f"{until} (renewed while it runs); stop it, start this one with --standby, "
+                    "or, while a daemon runs, create and track through its admin API"
                 )
             if not said:
                 logger.warning("standing by: %s holds the lease until %s", who, until)

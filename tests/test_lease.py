@@ -91,7 +91,7 @@ async def test_a_second_daemon_refuses_and_a_standby_takes_over_after_a_kill(
         config = tmp_path / "retention.toml"
         config.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
         first = await start(config, "run", env=ENV)
-        await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1)
+        await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1, within=30)
         second = await start(config, "run", env=ENV)
         out, err = await asyncio.wait_for(second.communicate(), timeout=30)
         code, output = second.returncode, (out + err).decode()
@@ -104,7 +104,7 @@ async def test_a_second_daemon_refuses_and_a_standby_takes_over_after_a_kill(
             first.kill()
             await first.communicate()
             due = add_old(emulator, 5, "after")
-            await wait_for(lambda: not set(due) & emulator.live_sessions(532), within=15)
+            await wait_for(lambda: not set(due) & emulator.live_sessions(532), within=30)
         finally:
             code, output = await stop(standby)
     assert code == 0 and "standing by:" in output
@@ -119,11 +119,11 @@ async def test_a_holder_paused_past_its_lease_deletes_nothing_after_it_resumes(
         config = tmp_path / "retention.toml"
         config.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
         holder = await start(config, "run", env=ENV)
-        await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1)
+        await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1, within=30)
         holder.send_signal(signal.SIGSTOP)
         standby = await start(config, "run", "--standby", env=ENV)
         first = add_old(emulator, 3, "first")
-        await wait_for(lambda: not set(first) & emulator.live_sessions(532), within=15)
+        await wait_for(lambda: not set(first) & emulator.live_sessions(532), within=30)
         code, _ = await stop(standby)  # the standby took over, deleted, and stopped
         assert code == 0
         deletes = len(emulator.calls("DELETE"))
@@ -134,3 +134,20 @@ async def test_a_holder_paused_past_its_lease_deletes_nothing_after_it_resumes(
     assert len(emulator.calls("DELETE")) == deletes, "no DELETE after resuming"
     assert set(left) <= emulator.live_sessions(532)
     assert code == 1 and "lost the lease" in output
+
+
+async def test_create_from_the_command_line_refuses_while_a_daemon_holds_the_store(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    async with emulator.serve() as url:
+        config = tmp_path / "retention.toml"
+        config.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
+        daemon = await start(config, "run", env=ENV)
+        try:
+            await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1, within=30)
+            create = await start(config, "create", "--agent", "532", "--name", "x", env=ENV)
+            _out, err = await asyncio.wait_for(create.communicate(), timeout=30)
+        finally:
+            await stop(daemon)
+    assert create.returncode == 2 and "create and track through its admin API" in err.decode()
+    assert emulator.calls("POST") == [], "refused before any API call"
