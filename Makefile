@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := retention migrations tests benchmarks mutation
 
-.PHONY: install test lint format demo emulate bench mutate lock wheel-smoke container-smoke clean
+.PHONY: install test lint format demo emulate bench stress mutate lock wheel-smoke container-smoke clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: $(STAMP)
 # policy.py, timefmt.py and budget.py is mutated in a copy of its own, every mutant runs only
 # that module's test file, and the score per module is printed. Fails on a surviving mutant that
 # mutation/equivalent.toml does not list with the reason it is equivalent.
+# Timing-sensitive process tests, run by hand (a few minutes; not part of `make test`).
+stress: $(STAMP)
+	$(BIN)/pytest -m stress
+
 mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from retention.clocks import Clock, utc_now
-from retention.errors import ConfigError, LeaseLost
+from retention.errors import ConfigError, LeaseLost, StoreError
 from retention.models import Lease
 from retention.store import Store
 
@@ -88,13 +88,22 @@ class LeaseKeeper:
             started = self.monotonic()
             # Holding the OS lock proves no live process on this host holds the store: a lease
             # left by one that died (SIGKILL, a crash) is taken at once, not after it lapses.
-            lease = await self.store.take_lease(
-                self.scope,
-                self.holder,
-                now=self.clock(),
-                ttl=self.ttl,
-                force=self._lock_fd is not None,
-            )
+            try:
+                lease = await self.store.take_lease(
+                    self.scope,
+                    self.holder,
+                    now=self.clock(),
+                    ttl=self.ttl,
+                    force=self._lock_fd is not None,
+                )
+            except StoreError as exc:
+                if not standby:
+                    raise
+                # A holder paused inside a write keeps SQLite's lock: nobody can write until it
+                # resumes or dies. A standby keeps waiting.
+                logger.warning("standing by: the store is busy (%s)", exc)
+                await asyncio.sleep(poll or self.ttl.total_seconds() / 3)
+                continue
             if lease is not None:
                 self._hold(lease, started)
                 logger.info("lease on %s taken (token %d)", self.scope, lease.token)

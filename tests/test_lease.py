@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,6 +114,7 @@ async def test_a_second_daemon_refuses_and_a_standby_takes_over_after_a_kill(
     assert len(deleted) == len(set(deleted)) == 5, "no conversation got two DELETEs"
 
 
+@pytest.mark.stress  # a holder paused inside a SQLite write blocks every writer: see make stress
 async def test_a_holder_paused_past_its_lease_deletes_nothing_after_it_resumes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -120,20 +123,46 @@ async def test_a_holder_paused_past_its_lease_deletes_nothing_after_it_resumes(
         config.write_text(CONFIG.format(url=url, db=tmp_path / "r.db"), encoding="utf-8")
         holder = await start(config, "run", env=ENV)
         await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 1, within=30)
-        holder.send_signal(signal.SIGSTOP)
         standby = await start(config, "run", "--standby", env=ENV)
+        await pause_outside_a_write(holder, tmp_path / "r.db", standby.pid)
         first = add_old(emulator, 3, "first")
         await wait_for(lambda: not set(first) & emulator.live_sessions(532), within=30)
         code, _ = await stop(standby)  # the standby took over, deleted, and stopped
         assert code == 0
         deletes = len(emulator.calls("DELETE"))
         left = add_old(emulator, 3, "left")  # due: the paused holder would delete them
-        holder.send_signal(signal.SIGCONT)
+        if holder.returncode is None:
+            holder.send_signal(signal.SIGCONT)
         await asyncio.sleep(4)  # it resumes, finds its lease gone, and stops by itself
         code, output = await stop(holder)
     assert len(emulator.calls("DELETE")) == deletes, "no DELETE after resuming"
     assert set(left) <= emulator.live_sessions(532)
     assert code == 1 and "lost the lease" in output
+
+
+async def pause_outside_a_write(
+    holder: asyncio.subprocess.Process, db: Path, standby_pid: int
+) -> None:
+    """SIGSTOP the holder until the standby has taken the lease. A holder paused inside one of
+    its (short) write transactions keeps SQLite's write lock, and nobody can write until it
+    resumes: then it is resumed and paused again."""
+
+    def lease_holder() -> str:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT holder FROM leases").fetchone()
+        return str(row[0]) if row else ""
+
+    for _ in range(5):
+        holder.send_signal(signal.SIGSTOP)
+        for _ in range(40):  # 8s: the 2s lease lapses, and the standby takes it
+            if f"pid={standby_pid} " in await asyncio.to_thread(lease_holder):
+                return
+            await asyncio.sleep(0.2)
+        holder.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        if f"pid={standby_pid} " in await asyncio.to_thread(lease_holder):
+            return  # taken while it was paused after all: it has resumed past its lease
+    raise AssertionError("the standby never took the lease")
 
 
 async def test_create_from_the_command_line_refuses_while_a_daemon_holds_the_store(
