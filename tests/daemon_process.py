@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -31,6 +33,19 @@ async def wait_for(condition: Callable[[], bool], within: float = 15.0) -> None:
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - polls another process and a server log
             await asyncio.sleep(0.05)
+
+
+async def until_up(http: aiohttp.ClientSession, admin: str) -> None:
+    """Wait until a daemon's admin surface answers /healthz."""
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                async with http.get(admin + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 async def stop(process: asyncio.subprocess.Process) -> tuple[int, str]:

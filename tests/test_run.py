@@ -13,7 +13,7 @@ import pytest
 
 from retention.emulator import Emulator, Fault
 
-from .daemon_process import free_port, start, stop, wait_for
+from .daemon_process import free_port, start, stop, until_up, wait_for
 
 API_TOKEN = "sk-live-API-SECRET-1234567890"
 ADMIN_TOKEN = "admin-ADMIN-SECRET-0987654321"
@@ -54,7 +54,7 @@ async def _run_session(emulator: Emulator, tmp_path: Path) -> tuple[str, str, di
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         try:
             async with aiohttp.ClientSession() as http:
-                await _until_up(http, admin)
+                await until_up(http, admin)
                 body = {"agent_id": 532, "name": "Short-lived", "ttl": "2s"}
                 async with http.post(admin + "/v1/conversations", json=body, headers=auth) as r:
                     assert r.status == 201
@@ -86,18 +86,6 @@ async def _run_session(emulator: Emulator, tmp_path: Path) -> tuple[str, str, di
             code, output = await stop(process)
         assert code == 0, output[-3000:]
         return output, metrics, {"record": record, "why": why}
-
-
-async def _until_up(http: aiohttp.ClientSession, admin: str) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                async with http.get(admin + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 async def test_ttl_conversation_created_over_http_is_deleted_on_time_with_rule_ttl(
@@ -153,7 +141,7 @@ async def test_a_daemon_whose_clock_runs_a_day_ahead_deletes_nothing(
         admin = f"http://127.0.0.1:{admin_port}"
         try:
             async with aiohttp.ClientSession() as http:
-                await _until_up(http, admin)
+                await until_up(http, admin)
                 await wait_for(lambda: len(emulator.calls("GET", "*/conversations")) >= 3)
                 await asyncio.sleep(2.5)  # two deletion sweeps at least (every 1s)
                 async with http.get(admin + "/readyz") as response:

@@ -32,7 +32,7 @@ from retention.policy import Policy, Rules
 from retention.store import Store
 
 from .conftest import ClientFactory, small_state
-from .daemon_process import free_port, start, stop, wait_for
+from .daemon_process import free_port, start, stop, until_up, wait_for
 
 API_TOKEN = "tok-API-7f3c9e1b5d-SECRET"
 ADMIN_TOKEN = "adm-ADMIN-4b8e2a6c0f-SECRET"
@@ -312,18 +312,6 @@ async def test_retention_once_shows_no_token_in_its_output_or_its_store(
         assert any("Bearer *** (admin ***)" in r[0] for r in rows)
 
 
-async def _until_up(http: aiohttp.ClientSession, admin: str) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                async with http.get(admin + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-
-
 async def test_retention_run_shows_no_token_anywhere(emulator: Emulator, tmp_path: Path) -> None:
     failing = add_due(emulator, "Test failing")
     refused = add_due(emulator, "Test refused")
@@ -336,7 +324,7 @@ async def test_retention_run_shows_no_token_anywhere(emulator: Emulator, tmp_pat
         process = await start(write_config(tmp_path, url, admin_port), "run", env=ENV)
         try:
             async with aiohttp.ClientSession() as http:
-                await _until_up(http, admin)
+                await until_up(http, admin)
 
                 async def why(conversation: EmuConversation) -> dict[str, Any]:
                     path = f"{admin}/v1/conversations/{AGENT}/{conversation.session_id}"
