@@ -41,8 +41,11 @@ bench: $(STAMP)
 # that module's test file, and the score per module is printed. Fails on a surviving mutant that
 # mutation/equivalent.toml does not list with the reason it is equivalent.
 # Timing-sensitive process tests, run by hand (a few minutes; not part of `make test`).
-stress: $(STAMP)
-	$(BIN)/pytest -m stress
+STRESS_RUNS ?= 10
+stress: $(STAMP)  # the real-process tests (leases, standby, pauses), again and again
+	for run in $$(seq $(STRESS_RUNS)); do \
+		$(BIN)/pytest -q tests/test_lease.py tests/test_run.py || exit 1; \
+	done
 
 mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py

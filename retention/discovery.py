@@ -91,6 +91,7 @@ async def discover_agent(
     if record.sync_cursor is None:
         inserts = _held_back_when_newly_in_scope(sweep, inserts, now)
     gone = _vanished(listing, known, started) if reconcile else []
+    sweep.still_the_writer()  # the walk took time: a writer that lost the store writes nothing
     await sweep.conversations.insert(inserts, now=now)
     await sweep.conversations.update(updates, now=now)
     await sweep.conversations.touch(agent_id, unchanged, now=now, facts_at=started)

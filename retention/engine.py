@@ -25,6 +25,7 @@ from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
 RULES_KEY = "rules_fingerprint"
+FIRST_RULES_KEY = "first_rules_fingerprint"  # the rules a store first saw: no edit before them
 
 
 class Engine:
@@ -79,7 +80,14 @@ class Engine:
         context = self.context
         fingerprint = context.rules.fingerprint(dry_run=context.options.dry_run)
         previous = await self.store.get_meta(RULES_KEY)
-        context.rules_seen_before = previous is not None
+        first = await self.store.get_meta(FIRST_RULES_KEY)
+        if previous is None and first is None:
+            context.still_the_writer()
+            await self.store.set_meta(FIRST_RULES_KEY, first := fingerprint)
+        # Rules the store has always had bring no agent into scope by an edit, even when a
+        # first walk was cut short (a restart, a takeover). A store from before this key
+        # existed cannot tell: it counts as edited, which only holds back longer.
+        context.rules_seen_before = first != fingerprint
         if previous == fingerprint:
             return 0
         now = self.clock()
@@ -118,6 +126,7 @@ class Engine:
                 after = replace(after, approved_at=None)
             if after != before:
                 changed.append((before, after))
+        context.still_the_writer()
         await self.store.save_decisions(changed)
         await self.store.set_meta(RULES_KEY, fingerprint)
         if changed:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from retention.config import Settings, load_config
 from retention.engine import Engine
-from retention.errors import ConfigError
+from retention.errors import ConfigError, LeaseLost, StoreError
 
 logger = logging.getLogger(__name__)
 RESTART_SECTIONS = ("api", "store", "schedule", "admin", "log")
@@ -74,7 +74,20 @@ class ConfigWatcher:
                     ", ".join(changed),
                 )
             rules = fresh.rules()
-            reevaluated = await self.engine.set_rules(rules)
+            try:
+                reevaluated = await self.engine.set_rules(rules)
+            except (StoreError, LeaseLost) as exc:
+                # The rules are in force; the store was not re-evaluated under them. Every
+                # sweep re-evaluates first (the stored fingerprint still differs), so the next
+                # one does it, or, with the lease lost, the writer that took over.
+                self.settings = fresh
+                logger.error(
+                    "config reload (%s): rules in force, but re-evaluating the store failed "
+                    "(the next sweep retries): %s",
+                    why,
+                    exc,
+                )
+                return True
             self.settings = fresh
             logger.info(
                 "config reload (%s): %d policies and %d holds in force; %d conversations "

@@ -240,8 +240,8 @@ class Sweep:
     progress: Progress | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     monotonic: Callable[[], float] = time.monotonic  # carries the server's time forward
-    # Whether the store had rules in force before this run's (set by the engine): an agent
-    # walked for the first time after that was brought into scope by an edit.
+    # Whether the rules in force differ from the first rules the store ever saw (set by the
+    # engine): an agent walked for the first time under them was brought into scope by an edit.
     rules_seen_before: bool = False
     lease: LeaseGuard | None = None  # a writer's lease; None: no lease in use (tests, plan)
     _gates: dict[int, AgentGate] = field(default_factory=dict, repr=False)
@@ -268,6 +268,12 @@ class Sweep:
             clock=clock,
             progress=progress,
         )
+
+    def still_the_writer(self) -> None:
+        """LeaseLost when this process no longer holds the store's lease (paused or cut off
+        past it): its writes would race the writer that took over. Local, no store query."""
+        if self.lease is not None:
+            self.lease.current()
 
     def gate(self, agent_id: int) -> AgentGate:
         return self._gates.setdefault(agent_id, AgentGate())

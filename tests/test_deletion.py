@@ -12,12 +12,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import delete
 
 from retention.emulator import Emulator, Fault, RateLimit
 from retention.emulator.seed import EmuConversation
-from retention.engine import Engine
+from retention.engine import FIRST_RULES_KEY, Engine
 from retention.models import AgeFrom, AuditOutcome, State, SweepReport
 from retention.policy import Hold, Policy, Rules
+from retention.schema import meta
 from retention.store import Store
 from retention.sweep import EngineOptions
 
@@ -344,3 +346,31 @@ async def test_a_hold_put_in_force_while_a_503_is_retried_withdraws_the_retry(
     report = await asyncio.wait_for(task, 15)
     assert report.deleted == 0 and chat.session_id in alive(emulator)
     assert len(emulator.calls("DELETE")) == 1, "the retry never went out"
+
+
+async def test_a_first_walk_cut_short_by_a_restart_gets_no_grace(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    """The first rules a store sees bring nothing into scope by an edit, even when the process
+    that recorded them stopped before walking (a restart, a standby's takeover)."""
+    old = [add(emulator, f"Temp {n}", age=2 * DAY) for n in range(3)]
+    grace = timedelta(hours=1)
+    await make_engine((TEMP,), policy_change_grace=grace).apply_rules()  # then it stopped
+    report = await make_engine((TEMP,), policy_change_grace=grace).sweep()
+    assert report.new == 3 and report.deleted == 3
+    assert not {c.session_id for c in old} & alive(emulator)
+
+
+async def test_a_store_that_cannot_tell_its_first_rules_holds_a_first_walk_back(
+    emulator: Emulator, make_engine: EngineFactory, store: Store
+) -> None:
+    """A store from before the first rules were kept has rules, but not which came first: an
+    agent walked for the first time counts as brought in by an edit (kept longer, not sooner)."""
+    old = [add(emulator, f"Temp {n}", age=2 * DAY) for n in range(3)]
+    grace = timedelta(hours=1)
+    await make_engine((TEMP,), policy_change_grace=grace).apply_rules()
+    async with store.db.begin() as conn:
+        await conn.execute(delete(meta).where(meta.c.key == FIRST_RULES_KEY))
+    report = await make_engine((TEMP,), policy_change_grace=grace).sweep()
+    assert report.new == 3 and report.deleted == 0
+    assert {c.session_id for c in old} <= alive(emulator)
