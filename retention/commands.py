@@ -289,8 +289,9 @@ async def db_upgrade(settings: Settings) -> int:
 
 
 async def db_backup(settings: Settings, target: Path) -> int:
-    """A consistent copy of the live store (SQLite's online backup), 0600, never overwriting."""
-    async with open_store(settings, migrate=False, create=False) as store:
+    """A consistent copy of the live store (SQLite's online backup), 0600, never overwriting;
+    of a store at an older migration too: the copy to keep before ``db upgrade``."""
+    async with open_store(settings, migrate=False, create=False, current=False) as store:
         await store.db.backup(target)
     print(f"store backed up to {target}")
     return EXIT_OK

@@ -116,16 +116,18 @@ def breaker_limits(settings: Settings) -> Limits:
 
 @asynccontextmanager
 async def open_store(
-    settings: Settings, *, migrate: bool = True, create: bool = True
+    settings: Settings, *, migrate: bool = True, create: bool = True, current: bool = True
 ) -> AsyncIterator[Store]:
     """The store alone, for commands that make no API call (``status``, ``db upgrade``).
 
     ``create=False`` (the commands that only read, and ``plan``) neither creates nor migrates:
     a missing, empty or outdated store is a ConfigError naming the path and the command that
-    makes it current.
+    makes it current. ``current=False`` takes one at an older migration too (``db backup``).
     """
     try:
-        store = await Store.open(settings.store.url, migrate=migrate, create=create)
+        store = await Store.open(
+            settings.store.url, migrate=migrate, create=create, current=current
+        )
     except ConfigError as exc:
         if exc.key != "store.url" or exc.source is not None:
             raise

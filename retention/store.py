@@ -49,17 +49,20 @@ class Store:
         self.journal = Journal(db)
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True, create: bool = True) -> Store:
+    async def open(
+        cls, url: str, *, migrate: bool = True, create: bool = True, current: bool = True
+    ) -> Store:
         """Connect (creating a SQLite file and its folder on first use) and migrate to head.
 
         ``create=False`` is for commands that only read (and the facts ``plan`` writes): the
         store must exist and be at the latest migration; nothing is created or migrated, and
-        anything else is a ConfigError (key ``store.url``) saying so.
+        anything else is a ConfigError (key ``store.url``) saying so. ``current=False`` also
+        takes a store at an older migration (``db backup``, before an upgrade).
         """
         store = cls(Database.open(url, create=create))
         try:
             if not create:
-                await store._require_head()
+                await store._require_head(current=current)
             elif migrate:
                 await store.upgrade()
         except BaseException:
@@ -67,11 +70,11 @@ class Store:
             raise
         return store
 
-    async def _require_head(self) -> None:
+    async def _require_head(self, *, current: bool = True) -> None:
         revision, head = await self.revision(), head_revision()
         if revision is None:
             raise ConfigError("the store has no schema", key="store.url")
-        if revision != head:
+        if current and revision != head:
             raise ConfigError(
                 f"the store is at migration {revision}, this retention needs {head}",
                 key="store.url",

@@ -5,13 +5,19 @@ never written over an existing file."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import stat
+from contextlib import closing
 from pathlib import Path
 
 import aiohttp
 import pytest
+from alembic import command
+from sqlalchemy import create_engine
 
+from retention.cli import main
 from retention.emulator import Emulator
+from retention.migrate import alembic_config, head_revision
 
 from .daemon_process import free_port, start, stop
 from .test_engine import add
@@ -54,3 +60,30 @@ async def test_backup_of_a_live_store_while_the_daemon_runs(
         finally:
             code, output = await stop(process)
     assert code == 0, output
+
+
+def test_backup_of_a_store_at_an_older_migration_before_an_upgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The copy to keep before `db upgrade`: an outdated store is backed up as it is, and the
+    copy is the old one (the upgrade that follows does not touch it)."""
+    db = tmp_path / "r.db"
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    engine.dispose()
+    config = tmp_path / "retention.toml"
+    config.write_text(f'[store]\nurl = "sqlite+aiosqlite:///{db}"\n', encoding="utf-8")
+    copy = tmp_path / "before-upgrade.db"
+    assert main(["status", "--config", str(config)]) == 2, "outdated: status refuses"
+    assert "db upgrade" in capsys.readouterr().err
+    assert main(["db", "backup", str(copy), "--config", str(config)]) == 0
+    assert main(["db", "upgrade", "--config", str(config)]) == 0
+    assert revision(copy) == "0006" and revision(db) == head_revision()
+
+
+def revision(db: Path) -> str:
+    with closing(sqlite3.connect(db)) as conn:
+        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
