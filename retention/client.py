@@ -8,14 +8,15 @@ here, where it enters, before it can reach a log, the store, the admin surface o
 Cost in calls: listing an agent costs one call per page (``per_page`` is the server's choice),
 the newest-message time one call per conversation, every other operation one call, plus any
 retries. Every attempt, retried or not, is counted in :class:`~retention.budget.CallStats`.
+A walk of an agent's list holds one page at a time (:meth:`CustomGPTClient.walk_conversations`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -43,10 +44,13 @@ from retention.models import (
     DeleteOutcome,
     Listing,
 )
+from retention.paging import WalkTally
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RATE_LIMIT_ATTEMPT_FACTOR = 4  # 429s may be retried this many times more often than failures
+# What a walk hands each page to: the page's conversations not seen before in this walk.
+PageSink = Callable[[tuple[Conversation, ...]], Awaitable[None]]
 
 
 class CustomGPTClient:
@@ -118,7 +122,7 @@ class CustomGPTClient:
                 return list(agents.values())
             page += 1
 
-    async def iter_pages(self, agent_id: int) -> AsyncIterator[ConversationPage]:
+    async def iter_pages(self, agent_id: int) -> AsyncGenerator[ConversationPage, None]:
         """Pages of an agent's conversations, newest id first, until the last page.
 
         ``last_page`` is read again from every response, so arrivals that add a page extend the
@@ -138,42 +142,56 @@ class CustomGPTClient:
                 return
             page += 1
 
-    async def list_conversations(self, agent_id: int, *, newer_than: int | None = None) -> Listing:
-        """Walk an agent's conversations, newest first; each conversation once.
+    async def walk_conversations(
+        self, agent_id: int, on_page: PageSink, *, newer_than: int | None = None
+    ) -> WalkTally:
+        """Walk an agent's conversations, newest first, handing each conversation to
+        ``on_page`` once; returns the walk's figures. Holds one page at a time.
+
+        ``on_page`` is awaited once per page read, with that page's conversations not seen
+        before (maybe none), before the next page is asked for: what it does with a page (store
+        it) is done before the walk goes on, and when it raises, the walk stops there.
 
         With ``newer_than`` (incremental discovery) the walk stops after the first page that
         holds an id at or below it: ids only fall from there on. Arrivals during the walk push
-        items down a page; we see some twice and drop the copies. When the total grew while we
-        walked, the new ones sit on pages already read, so we re-read from page 1 until we meet
-        an id we had seen: a call or two, and only then.
+        items down a page; we see some twice and drop the copies (by a watermark on the ids,
+        see :class:`WalkTally`). When the total grew while we walked, the new ones sit on pages
+        already read, so we re-read from page 1 until we meet an id we had seen: a call or two,
+        and only then.
         """
-        seen: dict[int, Conversation] = {}
-        totals: list[int] = []
-        pages = 0
-        reached_end = True
-        async for page in self.iter_pages(agent_id):
-            pages += 1
-            totals.append(page.total)
-            seen.update((c.id, c) for c in page.items if c.id not in seen)
-            if newer_than is not None and any(c.id <= newer_than for c in page.items):
-                reached_end = page.page >= page.last_page
-                break
-        if len(totals) > 0 and totals[-1] > totals[0] and seen:
-            known_newest = max(seen)
-            async for page in self.iter_pages(agent_id):
-                pages += 1
-                totals.append(page.total)
-                seen.update((c.id, c) for c in page.items if c.id not in seen)
-                if any(c.id <= known_newest for c in page.items):
+        tally = WalkTally(agent_id)
+        async with aclosing(self.iter_pages(agent_id)) as pages:
+            async for page in pages:
+                await on_page(tally.take(page))
+                if newer_than is not None and any(c.id <= newer_than for c in page.items):
+                    tally.reached_end = page.page >= page.last_page
                     break
-        shrank = any(later < earlier for earlier, later in itertools.pairwise(totals))
-        final_total = totals[-1] if totals else 0
+        ceiling = tally.reread() if tally.grew else None
+        if ceiling is not None:
+            async with aclosing(self.iter_pages(agent_id)) as pages:
+                async for page in pages:
+                    await on_page(tally.take(page))
+                    if any(c.id <= ceiling for c in page.items):
+                        break
+        return tally
+
+    async def list_conversations(self, agent_id: int, *, newer_than: int | None = None) -> Listing:
+        """:meth:`walk_conversations`, kept whole: every conversation, newest first, in memory.
+
+        For small agents, the CLI and tests; discovery streams instead.
+        """
+        found: list[Conversation] = []
+
+        async def keep(page: tuple[Conversation, ...]) -> None:
+            found.extend(page)
+
+        tally = await self.walk_conversations(agent_id, keep, newer_than=newer_than)
         return Listing(
             agent_id=agent_id,
-            conversations=tuple(sorted(seen.values(), key=lambda c: c.id, reverse=True)),
-            pages=pages,
-            total=final_total,
-            complete=reached_end and not shrank and len(seen) >= final_total,
+            conversations=tuple(sorted(found, key=lambda c: c.id, reverse=True)),
+            pages=tally.pages,
+            total=tally.total,
+            complete=tally.complete,
         )
 
     async def create_conversation(self, agent_id: int, name: str) -> Conversation:

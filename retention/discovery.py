@@ -5,6 +5,9 @@ that reaches the agent's cursor, so a sweep with nothing new costs one call per 
 reconcile (the first sync, then every ``reconcile_every``) reads every page and one settings
 call per agent; policies with ``agents = "*"`` add one call per page of the account's agents.
 
+Memory follows a page, not the agent: each page is stored before the next is read, and which
+tracked conversations vanished is asked of the store after a complete walk.
+
 A walk also verifies deletions: a conversation recorded as deleted (our DELETE got 200) that a
 walk begun after the deletion still lists did not go. It is audited as failed, counted in
 ``SweepReport.unverified``, and queued again. A walk begun before the deletion finished proves
@@ -14,7 +17,8 @@ nothing: offset pages are read over time, and the page that listed it may predat
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from retention.errors import ApiError
@@ -25,12 +29,12 @@ from retention.models import (
     AuditOutcome,
     AuditRecord,
     Conversation,
-    Listing,
     Origin,
     State,
     SweepReport,
     TrackedConversation,
 )
+from retention.paging import WalkTally
 from retention.sweep import Sweep
 from retention.timefmt import format_duration
 
@@ -68,55 +72,103 @@ async def discover_agent(
     full: bool = False,
     name: str | None = None,
 ) -> None:
+    """Walk one agent's list and bring the store up to date, one page at a time.
+
+    Memory holds a page or two whatever the agent's size: each page is merged against the
+    tracked rows of its own session ids and written (inserts, updates, touches) before the next
+    page is read, so a walk cut short keeps what its pages found. What needs the whole walk is
+    settled after it: the sync cursor, the reconcile's time and page count, and which tracked
+    conversations vanished (only after a complete reconcile: those whose ``last_seen`` the walk
+    did not stamp, asked of the store). A walk that fails part-way moves no cursor and marks
+    nothing gone. Costs one store read and up to three writes per page read.
+    """
     started = sweep.clock()
     record = await sweep.agents.agent(agent_id) or AgentRecord(id=agent_id, name="")
     if name:
         record = replace(record, name=name)
     reconcile = full or _reconcile_due(record, started, sweep)
-    listing = await sweep.api.list_conversations(
-        agent_id, newer_than=None if reconcile else record.sync_cursor
+    writer = _PageWriter(
+        sweep, report, agent_id, started=started, first_walk=record.sync_cursor is None
     )
-    report.pages += listing.pages
-    report.listed += len(listing.conversations)
-    sweep.note("pages", report.pages)
-    now = sweep.clock()
-    # A reconcile needs every tracked conversation (to see which vanished); an incremental
-    # walk only those it listed, so its cost follows what is new, not what is tracked.
-    listed_ids = None if reconcile else [c.session_id for c in listing.conversations]
-    tracked = await sweep.conversations.conversations(agent_id, session_ids=listed_ids)
-    known = {c.session_id: c for c in tracked}
-    inserts, updates, unchanged, unverified = _merge(
-        sweep, listing.conversations, known, now, started=started
+    walk = await sweep.api.walk_conversations(
+        agent_id, writer.write, newer_than=None if reconcile else record.sync_cursor
     )
-    if record.sync_cursor is None:
-        inserts = _held_back_when_newly_in_scope(sweep, inserts, now)
-    gone = _vanished(listing, known, started) if reconcile else []
-    sweep.still_the_writer()  # the walk took time: a writer that lost the store writes nothing
-    await sweep.conversations.insert(inserts, now=now)
-    await sweep.conversations.update(updates, now=now)
-    await sweep.conversations.touch(agent_id, unchanged, now=now, facts_at=started)
-    for conversation in gone:
-        await sweep.conversations.set_state(agent_id, conversation.session_id, State.GONE, now=now)
-    for conversation in unverified:
-        await _audit_unverified(sweep, report, conversation, now)
-    report.new += len(inserts)
-    report.gone += len(gone)
-    if gone:
-        logger.info(
-            "agent %d: %d conversations vanished remotely, marked gone", agent_id, len(gone)
-        )
-    if reconcile and not listing.complete:
-        logger.info(
-            "agent %d: the list changed under the walk; vanished conversations are judged at "
-            "the next reconcile",
-            agent_id,
-        )
-    ids = [c.id for c in listing.conversations]
-    record = replace(record, sync_cursor=max([record.sync_cursor or 0, *ids]) or None)
+    writer.log_held_back()
+    now = _stamp(sweep, started)
     if reconcile:
-        record = replace(record, last_full_sync_at=now, pages=listing.pages)
+        report.gone += await _mark_vanished(sweep, walk, started=started, now=now)
+    record = replace(record, sync_cursor=max(record.sync_cursor or 0, walk.newest or 0) or None)
+    if reconcile:
+        record = replace(record, last_full_sync_at=now, pages=walk.pages)
         record = await _with_platform_settings(sweep, record)
+    sweep.still_the_writer()
     await sweep.agents.save_agent(record, now=now)
+
+
+def _stamp(sweep: Sweep, started: datetime) -> datetime:
+    """The time a walk writes with: never before its start, even when the wall clock stepped
+    back, so every row it listed has ``last_seen`` at or after the start (see _mark_vanished)."""
+    return max(sweep.clock(), started)
+
+
+@dataclass(eq=False)
+class _PageWriter:
+    """Stores the pages of one walk as they come; keeps only counters between pages."""
+
+    sweep: Sweep
+    report: SweepReport
+    agent_id: int
+    started: datetime  # the walk's start: facts read from its pages are stamped with it
+    first_walk: bool  # the agent's first walk: what it finds due may wait out a grace
+    held_back: int = 0
+    held_until: datetime | None = None
+
+    async def write(self, listed: tuple[Conversation, ...]) -> None:
+        """Merge one page's unseen conversations against their tracked rows and store them."""
+        sweep, report = self.sweep, self.report
+        report.pages += 1
+        report.listed += len(listed)
+        sweep.note("pages", report.pages)
+        if not listed:
+            return
+        now = _stamp(sweep, self.started)
+        tracked = await sweep.conversations.conversations(
+            self.agent_id, session_ids=[c.session_id for c in listed]
+        )
+        known = {c.session_id: c for c in tracked}
+        inserts, updates, unchanged, unverified = _merge(
+            sweep, listed, known, now, started=self.started
+        )
+        if self.first_walk:
+            inserts = self._held_back(inserts, now)
+        sweep.still_the_writer()  # the walk takes time: a writer that lost the store writes nothing
+        await sweep.conversations.insert(inserts, now=now)
+        await sweep.conversations.update(updates, now=now)
+        await sweep.conversations.touch(self.agent_id, unchanged, now=now, facts_at=self.started)
+        for conversation in unverified:
+            await _audit_unverified(sweep, report, conversation, now)
+        report.new += len(inserts)
+
+    def _held_back(
+        self, inserts: list[TrackedConversation], now: datetime
+    ) -> list[TrackedConversation]:
+        held = _held_back_when_newly_in_scope(self.sweep, inserts, now)
+        until = [c.grace_until for c in held if c.grace_until is not None]
+        if until:
+            self.held_back += len(until)
+            self.held_until = max(until + ([self.held_until] if self.held_until else []))
+        return held
+
+    def log_held_back(self) -> None:
+        """Once per walk, not per page."""
+        if self.held_back and self.held_until is not None:
+            logger.warning(
+                "agent %s: newly in scope; %d conversations due at once wait out the policy "
+                "change grace until %s",
+                self.agent_id,
+                self.held_back,
+                self.held_until.isoformat(timespec="seconds"),
+            )
 
 
 def _held_back_when_newly_in_scope(
@@ -125,25 +177,37 @@ def _held_back_when_newly_in_scope(
     """An agent's first walk after rules were already in force means an edit brought it into
     scope (``agents = [532]`` -> ``[532, 533]``, or ``"*"``): what that makes due at once is
     newly due by an edit, and waits out the policy change grace like any other. (The very first
-    rules a store sees get no grace: the mass-deletion breaker guards a first run.)"""
+    rules a store sees get no grace: the mass-deletion breaker guards a first run.) Applied to
+    each page's inserts during the first walk; a first walk cut short leaves the cursor unset,
+    so the next walk is a first walk still."""
     grace = sweep.options.policy_change_grace
     if not sweep.rules_seen_before or not grace:
         return inserts
     until = now + grace
-    held = [
+    return [
         replace(c, grace_until=until) if c.due_at is not None and c.due_at < until else c
         for c in inserts
     ]
-    waiting = sum(1 for c in held if c.grace_until is not None)
-    if waiting:
-        logger.warning(
-            "agent %s: newly in scope; %d conversations due at once wait out the policy change "
-            "grace until %s",
-            inserts[0].agent_id,
-            waiting,
-            until.isoformat(timespec="seconds"),
+
+
+async def _mark_vanished(sweep: Sweep, walk: WalkTally, *, started: datetime, now: datetime) -> int:
+    """Mark gone the tracked conversations a complete walk did not list; returns how many.
+    Never judged on an incomplete walk, and never one first heard of after the walk began (it
+    may have been created meanwhile): the store picks them, holding none here."""
+    if not walk.complete:
+        logger.info(
+            "agent %d: the list changed under the walk; vanished conversations are judged at "
+            "the next reconcile",
+            walk.agent_id,
         )
-    return held
+        return 0
+    sweep.still_the_writer()
+    gone = await sweep.conversations.mark_vanished(walk.agent_id, unseen_since=started, now=now)
+    if gone:
+        logger.info(
+            "agent %d: %d conversations vanished remotely, marked gone", walk.agent_id, gone
+        )
+    return gone
 
 
 def _reconcile_due(record: AgentRecord, now: datetime, sweep: Sweep) -> bool:
@@ -154,7 +218,7 @@ def _reconcile_due(record: AgentRecord, now: datetime, sweep: Sweep) -> bool:
 
 def _merge(
     sweep: Sweep,
-    listed: tuple[Conversation, ...],
+    listed: Sequence[Conversation],
     known: dict[str, TrackedConversation],
     now: datetime,
     *,
@@ -246,23 +310,6 @@ async def _audit_unverified(
         detail=f"{UNVERIFIED}{when}; queued again",
     )
     await sweep.journal.add_audit(record)
-
-
-def _vanished(
-    listing: Listing, known: dict[str, TrackedConversation], started: datetime
-) -> list[TrackedConversation]:
-    """Tracked conversations a complete walk did not see. Never judged on an incomplete walk,
-    and never one first heard of after the walk began (it may have been created meanwhile)."""
-    if not listing.complete:
-        return []
-    seen = {c.session_id for c in listing.conversations}
-    return [
-        c
-        for c in known.values()
-        if c.session_id not in seen
-        and c.state in (State.ACTIVE, State.HELD)
-        and (c.first_seen is None or c.first_seen < started)
-    ]
 
 
 async def _with_platform_settings(sweep: Sweep, record: AgentRecord) -> AgentRecord:

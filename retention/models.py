@@ -78,7 +78,8 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """One walk over an agent's conversation list."""
+    """One walk over an agent's conversation list, kept whole (small uses; discovery streams
+    the walk and keeps only its :class:`retention.paging.WalkTally`)."""
 
     agent_id: int
     conversations: tuple[Conversation, ...]

@@ -270,6 +270,30 @@ class Store:
         async with self.db.begin() as conn:
             await conn.execute(statement, [{"k_session": k} for k in keys])
 
+    async def mark_vanished(self, agent_id: int, *, unseen_since: datetime, now: datetime) -> int:
+        """Mark gone the agent's live (active or held) conversations that were first seen and
+        last seen before ``unseen_since``; returns how many.
+
+        For a complete walk begun at ``unseen_since``: it stamped ``last_seen`` at or after its
+        start on every conversation it listed, so a live row stamped earlier was not listed,
+        and one first seen after the start may have been created meanwhile. One statement; it
+        reads the agent's live rows through ``ix_conversations_agent_state``, and holds none.
+        """
+        c = conversations.c
+        statement = (
+            update(conversations)
+            .where(
+                c.agent_id == agent_id,
+                c.state.in_([State.ACTIVE.value, State.HELD.value]),
+                c.first_seen < unseen_since,
+                c.last_seen < unseen_since,
+            )
+            .values(state=State.GONE.value, last_error=None, retry_at=None, finished_at=now)
+        )
+        async with self.db.begin() as conn:
+            result = await conn.execute(statement)
+        return int(result.rowcount or 0)
+
     async def due(
         self,
         now: datetime,

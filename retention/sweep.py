@@ -37,11 +37,11 @@ from retention.models import (
     DeleteOutcome,
     Fact,
     Lease,
-    Listing,
     State,
     SweepReport,
     TrackedConversation,
 )
+from retention.paging import WalkTally
 from retention.policy import Rules
 from retention.timefmt import format_duration
 
@@ -56,9 +56,13 @@ class Api(Protocol):
     @property
     def clock_reading(self) -> ClockReading | None: ...
     async def list_agents(self) -> list[Agent]: ...
-    async def list_conversations(
-        self, agent_id: int, *, newer_than: int | None = None
-    ) -> Listing: ...
+    async def walk_conversations(
+        self,
+        agent_id: int,
+        on_page: Callable[[tuple[Conversation, ...]], Awaitable[None]],
+        *,
+        newer_than: int | None = None,
+    ) -> WalkTally: ...
     async def delete_conversation(
         self,
         agent_id: int,
@@ -108,6 +112,9 @@ class ConversationRepository(Protocol):
         now: datetime,
         facts_at: datetime | None = None,
     ) -> None: ...
+    async def mark_vanished(
+        self, agent_id: int, *, unseen_since: datetime, now: datetime
+    ) -> int: ...
     async def due(
         self,
         now: datetime,

@@ -22,9 +22,11 @@ Seed file format (TOML; every age is a duration before the moment the emulator s
 
 from __future__ import annotations
 
+import bisect
 import random
 import tomllib
 import uuid
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,7 +36,7 @@ from retention.errors import ConfigError
 from retention.timefmt import parse_duration
 
 
-@dataclass
+@dataclass(slots=True)
 class EmuConversation:
     id: int
     session_id: str
@@ -46,6 +48,72 @@ class EmuConversation:
     messages: list[datetime] = field(default_factory=list)
 
 
+def _by_id(conversation: EmuConversation) -> int:
+    return conversation.id
+
+
+class Conversations(MutableMapping[str, EmuConversation]):
+    """An agent's conversations by session id, kept in id order too: a page is a slice.
+
+    A mapping like the dict it stands for (tests delete, pop and put back conversations), whose
+    iteration runs oldest id first. A new conversation (the next id) is appended; one put back
+    or out of order finds its place by bisection, as a removal does: O(log n) and a memmove,
+    so a list page costs its own items whatever the agent's size.
+    """
+
+    __slots__ = ("_by_session", "_ordered")
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, EmuConversation] = {}
+        self._ordered: list[EmuConversation] = []
+
+    def __getitem__(self, session_id: str) -> EmuConversation:
+        return self._by_session[session_id]
+
+    def __setitem__(self, session_id: str, conversation: EmuConversation) -> None:
+        if session_id != conversation.session_id:
+            raise ValueError("a conversation is kept under its own session id")
+        if session_id in self._by_session:
+            self._unorder(self._by_session[session_id])
+        self._by_session[session_id] = conversation
+        ordered = self._ordered
+        if not ordered or ordered[-1].id < conversation.id:
+            ordered.append(conversation)
+        else:
+            bisect.insort(ordered, conversation, key=_by_id)
+
+    def __delitem__(self, session_id: str) -> None:
+        self._unorder(self._by_session.pop(session_id))
+
+    def __iter__(self) -> Iterator[str]:
+        return (c.session_id for c in list(self._ordered))
+
+    def __reversed__(self) -> Iterator[str]:
+        return (c.session_id for c in reversed(list(self._ordered)))
+
+    def __len__(self) -> int:
+        return len(self._by_session)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._by_session
+
+    def by_id(self, start: int, stop: int, *, newest_first: bool = True) -> list[EmuConversation]:
+        """Positions ``start:stop`` of the list ordered by id, newest first unless told."""
+        if not newest_first:
+            return self._ordered[start:stop]
+        count = len(self._ordered)
+        return self._ordered[max(0, count - stop) : max(0, count - start)][::-1]
+
+    def _unorder(self, conversation: EmuConversation) -> None:
+        ordered = self._ordered
+        at = bisect.bisect_left(ordered, conversation.id, key=_by_id)
+        while at < len(ordered) and ordered[at] is not conversation:
+            at += 1  # ids are unique in practice; a test may still have made two alike
+        if at == len(ordered):
+            at = next(i for i, c in enumerate(ordered) if c is conversation)
+        del ordered[at]
+
+
 @dataclass
 class EmuAgent:
     id: int
@@ -53,7 +121,7 @@ class EmuAgent:
     created_at: datetime
     retention_period: str = "year"
     retention_days: int = 365
-    conversations: dict[str, EmuConversation] = field(default_factory=dict)
+    conversations: Conversations = field(default_factory=Conversations)
 
 
 class EmulatorState:
@@ -233,4 +301,43 @@ def sample_state(*, now: datetime, per_agent: int = 45, seed: int = 7) -> Emulat
         created_at=now - timedelta(days=40),
         session_id=HELD_SAMPLE_SESSION,
     )
+    return state
+
+
+def big_state(
+    *,
+    now: datetime,
+    agent_id: int = 532,
+    conversations: int = 1_000_000,
+    spacing: timedelta = timedelta(seconds=30),
+    name: str = "Chat {n}",
+    seed: int = 7,
+) -> EmulatorState:
+    """One agent with many conversations, for benchmarks: a million in seconds.
+
+    Oldest first, one every ``spacing`` up to ``now``; ``{n}`` in ``name`` becomes 1..count;
+    every other one a team member's. No messages. Session ids are random UUIDs from ``seed``,
+    so two states built alike are alike. Builds the objects directly, not through
+    :meth:`EmulatorState.add_conversation`, which checks and sorts what this need not.
+    """
+    rng = random.Random(seed)
+    state = EmulatorState()
+    agent = state.add_agent(agent_id, f"Agent {agent_id}", created_at=now - timedelta(days=500))
+    oldest = now - spacing * conversations
+    step = spacing.total_seconds()
+    numbered = "{n}" in name
+    first_id = state._next_id + 1
+    for n in range(conversations):
+        created = oldest + timedelta(seconds=step * (n + 1))
+        session_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        agent.conversations[session_id] = EmuConversation(
+            id=first_id + n,
+            session_id=session_id,
+            project_id=agent_id,
+            name=name.replace("{n}", str(n + 1)) if numbered else name,
+            created_by=None if n % 2 else 17,
+            created_at=created,
+            updated_at=created,
+        )
+    state._next_id = first_id + conversations - 1
     return state

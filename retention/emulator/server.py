@@ -57,6 +57,7 @@ class Emulator:
         latency: float = 0.0,
         time_format: str = "iso",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        keep_log: bool = True,
     ) -> None:
         self.state = state if state is not None else EmulatorState()
         self.token = token
@@ -72,6 +73,8 @@ class Emulator:
         self.before_list: list[Callable[[EmuAgent, int], None]] = []
         self.rate_limit: RateLimit | None = None
         self.served: list[Served] = []
+        # Off for long benchmark runs: a walk of a million conversations is 10^4 requests or more.
+        self.keep_log = keep_log
         self.app = self._build_app()
 
     # ---- inspection helpers for tests and benchmarks ----------------------------------------
@@ -117,7 +120,8 @@ class Emulator:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         record = Served(request.method, request.path, dict(request.query), -1, time.monotonic())
-        self.served.append(record)
+        if self.keep_log:
+            self.served.append(record)
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
@@ -212,27 +216,32 @@ class Emulator:
         return self._ok(request, shapes.settings_json(self._agent(request)))
 
     async def _list_conversations(self, request: web.Request) -> web.StreamResponse:
+        """A page of the list. Ordered by id and unfiltered (how discovery walks), it is a slice
+        of the agent's id-ordered conversations: its cost is the page's, not the agent's. Other
+        orders and filters sort and filter the whole list first, as before."""
         agent = self._agent(request)
         page = _int_param(request, "page", 1)
         self._arrive(agent, page)
         for hook in self.before_list:
             hook(agent, page)
-        items = list(agent.conversations.values())
-        user_filter = request.query.get("userFilter", "all")
-        if user_filter == "anonymous":
-            items = [c for c in items if c.created_by is None]
-        elif user_filter == "team_member":
-            items = [c for c in items if c.created_by is not None]
-        if name := request.query.get("name"):
-            items = [c for c in items if name.lower() in c.name.lower()]
-        order_by = request.query.get("orderBy", "id")
-        key: Callable[[EmuConversation], Any] = (
-            (lambda c: (c.created_at, c.id)) if order_by == "created_at" else (lambda c: c.id)
+        newest_first = request.query.get("order", "desc") != "asc"
+        start, stop = (page - 1) * self.per_page, page * self.per_page
+        query = request.query
+        plain = query.get("userFilter", "all") == "all" and not query.get("name")
+        if plain and query.get("orderBy", "id") == "id":
+            total = len(agent.conversations)
+            chunk = agent.conversations.by_id(start, stop, newest_first=newest_first)
+        else:
+            items = _filtered(agent, request)
+            total, chunk = len(items), items[start:stop]
+        data = shapes.page_of(
+            [self._conv_json(c) for c in chunk],
+            total=total,
+            page=page,
+            per_page=self.per_page,
+            url=request.url,
         )
-        items.sort(key=key, reverse=request.query.get("order", "desc") != "asc")
-        return self._ok(
-            request, _paginate(request, [self._conv_json(c) for c in items], self.per_page)
-        )
+        return self._ok(request, data)
 
     def _arrive(self, agent: EmuAgent, page: int) -> None:
         for arrival in self.arrivals:
@@ -329,6 +338,24 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         return max(1, int(request.query.get(name, default)))
     except ValueError:
         raise _Abort(_error(request, 400, f"The {name} must be an integer")) from None
+
+
+def _filtered(agent: EmuAgent, request: web.Request) -> list[EmuConversation]:
+    """The agent's conversations the query's filters keep, in the query's order."""
+    items = list(agent.conversations.values())
+    user_filter = request.query.get("userFilter", "all")
+    if user_filter == "anonymous":
+        items = [c for c in items if c.created_by is None]
+    elif user_filter == "team_member":
+        items = [c for c in items if c.created_by is not None]
+    if name := request.query.get("name"):
+        items = [c for c in items if name.lower() in c.name.lower()]
+    order_by = request.query.get("orderBy", "id")
+    key: Callable[[EmuConversation], Any] = (
+        (lambda c: (c.created_at, c.id)) if order_by == "created_at" else (lambda c: c.id)
+    )
+    items.sort(key=key, reverse=request.query.get("order", "desc") != "asc")
+    return items
 
 
 def _paginate(request: web.Request, items: list[Any], per_page: int) -> dict[str, Any]:

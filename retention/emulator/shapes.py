@@ -40,9 +40,14 @@ def error_body(url: str, code: int, message: str) -> dict[str, Any]:
 
 def paginator(items: list[Any], *, page: int, per_page: int, url: URL) -> dict[str, Any]:
     """A Laravel paginator over ``items``; its links keep ``url``'s query, with ``page`` set."""
-    total = len(items)
-    last_page = max(1, math.ceil(total / per_page))
     chunk = items[(page - 1) * per_page : page * per_page]
+    return page_of(chunk, total=len(items), page=page, per_page=per_page, url=url)
+
+
+def page_of(chunk: list[Any], *, total: int, page: int, per_page: int, url: URL) -> dict[str, Any]:
+    """The paginator of one page, ``chunk``, out of ``total`` items: the server cuts the page
+    from its list and serialises that page alone."""
+    last_page = max(1, math.ceil(total / per_page))
     base = url.with_query(None)
 
     def link(n: int) -> str:
