@@ -269,8 +269,7 @@ async def status(settings: Settings) -> int:
         journal = store.journal
         delete_every = settings.schedule.delete_every
         rows = await journal.status(now, overdue_after=overdue_after(delete_every))
-        agents = {row.agent_id: await store.agent(row.agent_id) for row in rows}
-        render.status_table(rows, agents, now=now, out=sys.stdout)
+        render.status_table(rows, await store.all_agents(), now=now, out=sys.stdout)
         verdict = judge(await store.due_figures(now), breaker_limits(settings))
         for reason in verdict.reasons():
             print(f"mass-deletion breaker: {reason}", file=sys.stdout)

@@ -93,6 +93,14 @@ class Database:
             return f"the store file {str(self.path)!r} was truncated to 0 bytes"
         return None
 
+    async def checkpoint(self) -> None:
+        """``PRAGMA wal_checkpoint(TRUNCATE)`` on a SQLite store: the WAL goes back to 0 bytes
+        once no reader needs it (a reader still busy leaves it for SQLite's own checkpoints)."""
+        if self.bind.dialect.name != "sqlite":
+            return
+        async with self.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def backup(self, target: Path) -> None:
         """Copy the live SQLite store to ``target`` (made 0600, never overwritten) with SQLite's
         online backup API: a consistent copy while the daemon goes on writing."""

@@ -35,6 +35,7 @@ from retention.models import (
     SweepReport,
     TrackedConversation,
 )
+from retention.policy import explain
 from retention.sweep import Sweep
 
 logger = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ async def _delete_one(
             "agent %d: %r is not due after all (%s); now due %s",
             final.agent_id,
             final.name,
-            final.reason,
+            explain(final.reason, final.due_at, now),
             final.due_at.isoformat() if final.due_at else "never",
         )
         return
@@ -243,7 +244,9 @@ async def _delete_one(
         await _audit(sweep, report, final, AuditOutcome.DRY_RUN, now, sweep_id)
         await sweep.conversations.note_dry_run(final.agent_id, final.session_id, now=now)
         report.would_delete += 1
-        logger.info("dry-run: would delete %s (%s)", _label(final), final.reason)
+        logger.info(
+            "dry-run: would delete %s (%s)", _label(final), explain(final.reason, final.due_at, now)
+        )
         return
     await _send_delete(sweep, final, report, sweep_id)
 
@@ -344,14 +347,15 @@ async def _send_delete(
         # A 404 on a retry after an attempt the server may have acted on is our own deletion,
         # confirmed; "already gone" is kept for what somebody else deleted.
         confirmed = outcome is DeleteOutcome.DELETED_CONFIRMED_BY_404
-        detail = f"{CONFIRMED_BY_404}; {current.reason}" if confirmed else None
+        why = explain(current.reason, current.due_at, done)
+        detail = f"{CONFIRMED_BY_404}; {why}" if confirmed else None
         await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
         await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id, detail=detail)
         report.deleted += 1
         logger.info(
             "deleted %s (%s)%s",
             _label(current),
-            current.reason,
+            why,
             f": {CONFIRMED_BY_404}" if confirmed else "",
         )
     else:
@@ -380,7 +384,7 @@ async def _audit(
         rule=conversation.rule,
         age=at - conversation.created_at,
         outcome=outcome,
-        detail=detail or conversation.reason,
+        detail=detail or explain(conversation.reason, conversation.due_at, at),
     )
     await sweep.journal.add_audit(record, sweep_id=sweep_id)
 

@@ -20,12 +20,15 @@ from retention.discovery import discover_all
 from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
 from retention.models import PlanItem, State, SweepReport, TrackedConversation
-from retention.policy import Rules
+from retention.policy import Rules, explain
 from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
 RULES_KEY = "rules_fingerprint"
-FIRST_RULES_KEY = "first_rules_fingerprint"  # the rules a store first saw: no edit before them
+FIRST_RULES_KEY = "first_rules_fingerprint"
+# Rows re-evaluated between two yields to the event loop when the rules change: about 25 ms of
+# work each, so /healthz and the sweeps go on throughout a change to a store of any size.
+REEVALUATE_BATCH = 1000
 
 
 class Engine:
@@ -95,42 +98,36 @@ class Engine:
         grace_until = now + grace
         # A conversation left mid-delete keeps its state (the deletion decides it again before
         # it acts), but a change that makes it newly due holds it back too.
-        live = await self.store.conversations(states=(State.ACTIVE, State.HELD, State.DELETING))
-        changed = []
-        waiting = 0
-        for before in live:
-            after = context.evaluate(before, now)
-            # A dry-run note stands while the same decision stays dry-run; otherwise it goes,
-            # so that the conversation is deleted (or noted afresh) by the next sweep.
-            still_dry = context.dry_run(after)
-            decided_again = (after.rule, after.due_at) != (before.rule, before.due_at)
-            if decided_again or not still_dry:
-                after = replace(after, dry_run_noted_at=None)
-            sooner = after.due_at is not None and (
-                before.due_at is None or after.due_at < before.due_at
-            )
-            newly_due = sooner and after.due_at < grace_until  # type: ignore[operator]
-            if previous is not None and grace and newly_due:
-                after = replace(after, grace_until=max(grace_until, before.grace_until or now))
-                waiting += 1
-            elif after.due_at is None or (
-                before.due_at is not None and after.due_at > before.due_at
-            ):
-                # Due later than before, or never: nothing is left for a grace to hold back.
-                # A due time that did not move keeps its grace: an unrelated edit (or a
-                # re-decision after an upgrade) must not release what an earlier edit held.
-                after = replace(after, grace_until=None)
-            if after.approved_at is not None and (after.due_at is None or after.due_at > now):
-                # An approval covers what was due when it was given: a conversation the new
-                # rules make not due is no longer covered when later rules make it due again.
-                after = replace(after, approved_at=None)
-            if after != before:
-                changed.append((before, after))
+        changed = waiting = 0
+        hold_back = grace_until if previous is not None and grace else None
+        batches = self.store.live_batches(REEVALUATE_BATCH)
+        reading = asyncio.ensure_future(anext(batches, None))
+        try:
+            while (batch := await reading) is not None:
+                # The next batch is read (in the driver's thread) while this one is decided
+                # and written: the two cores share the work.
+                reading = asyncio.ensure_future(anext(batches, None))
+                writes = []
+                for before in batch:
+                    after, waits = self._decide_again(before, now, hold_back)
+                    waiting += waits
+                    if after != before:
+                        writes.append((before, after))
+                if writes:
+                    context.still_the_writer()
+                    await self.store.save_decisions(writes)
+                    changed += len(writes)
+                await asyncio.sleep(0)  # a batch at a time: /healthz and the sweeps go on
+        finally:
+            if not reading.done():
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+            await batches.aclose()
         context.still_the_writer()
-        await self.store.save_decisions(changed)
         await self.store.set_meta(RULES_KEY, fingerprint)
         if changed:
-            logger.info("rules changed: re-evaluated %d conversations", len(changed))
+            await self.store.checkpoint()
+            logger.info("rules changed: %d decisions changed and were written", changed)
         if waiting:
             logger.warning(
                 "rules changed: %d conversations newly due wait out the policy change grace "
@@ -138,7 +135,39 @@ class Engine:
                 waiting,
                 grace_until.isoformat(timespec="seconds"),
             )
-        return len(changed)
+        return changed
+
+    def _decide_again(
+        self, before: TrackedConversation, now: datetime, hold_back: datetime | None
+    ) -> tuple[TrackedConversation, bool]:
+        """One conversation under the rules in force: the row to store, and whether a policy
+        change grace (until ``hold_back``; None: no grace) now holds it back."""
+        context = self.context
+        after = context.evaluate(before, now)
+        # A dry-run note stands while the same decision stays dry-run; otherwise it goes,
+        # so that the conversation is deleted (or noted afresh) by the next sweep.
+        decided_again = (after.rule, after.due_at) != (before.rule, before.due_at)
+        if after.dry_run_noted_at is not None and (decided_again or not context.dry_run(after)):
+            after = replace(after, dry_run_noted_at=None)
+        sooner = after.due_at is not None and (
+            before.due_at is None or after.due_at < before.due_at
+        )
+        waits = False
+        if hold_back is not None and sooner and after.due_at < hold_back:  # type: ignore[operator]
+            after = replace(after, grace_until=max(hold_back, before.grace_until or now))
+            waits = True
+        elif after.grace_until is not None and (
+            after.due_at is None or (before.due_at is not None and after.due_at > before.due_at)
+        ):
+            # Due later than before, or never: nothing is left for a grace to hold back.
+            # A due time that did not move keeps its grace: an unrelated edit (or a
+            # re-decision after an upgrade) must not release what an earlier edit held.
+            after = replace(after, grace_until=None)
+        if after.approved_at is not None and (after.due_at is None or after.due_at > now):
+            # An approval covers what was due when it was given: a conversation the new
+            # rules make not due is no longer covered when later rules make it due again.
+            after = replace(after, approved_at=None)
+        return after, waits
 
     async def set_rules(self, rules: Rules) -> int:
         """Put new rules in force (a reload) and re-evaluate what the store holds."""
@@ -273,7 +302,7 @@ class Engine:
             rule=current.rule,
             due_at=current.due_at,
             age=now - current.created_at,
-            reason=current.reason or "",
+            reason=explain(current.reason, current.due_at, now),
             dry_run=self.context.dry_run(current),
             state=current.state,
             grace_until=waiting,

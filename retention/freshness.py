@@ -9,7 +9,8 @@ them again first, by the cheaper of two ways, chosen per agent and sweep:
   current name and ``updated_at`` together with its newest messages, so it serves every fact;
 - or re-reading every page of the agent (:func:`walk_where_cheaper`): ``pages`` calls (plus the
   settings call of a reconcile) refresh the name and ``updated_at`` of every conversation in
-  it. Only a newest message still needs its own call after that.
+  it. Only a newest message still needs its own call after that. The walk is discovery's own,
+  streamed: a page at a time in memory, whatever the agent's size.
 
 Decisions that rest only on facts that never change (creation time, creator, origin, agent)
 cost nothing here.
@@ -26,6 +27,7 @@ from datetime import datetime
 from retention.discovery import discover_agent
 from retention.errors import ApiError
 from retention.models import Fact, SweepReport, TrackedConversation
+from retention.policy import explain
 from retention.sweep import Sweep
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ async def refresh(
             conversation.session_id,
             conversation.name,
             evaluated.name,
-            evaluated.reason,
+            explain(evaluated.reason, evaluated.due_at, now),
         )
     return evaluated
 

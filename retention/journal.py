@@ -11,10 +11,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retention.database import Database
 from retention.models import AgentStatus, AuditRecord, State, SweepRecord, SweepReport
-from retention.schema import audit, audit_from_row, conversations, meta, sweep_from_row, sweeps
+from retention.schema import (
+    audit,
+    audit_from_row,
+    conversation_counts,
+    conversations,
+    meta,
+    sweep_from_row,
+    sweeps,
+)
 
 STORE_ID_KEY = "store_id"
 
@@ -118,29 +127,60 @@ class Journal:
     # ---- figures -----------------------------------------------------------------------------
 
     async def status(self, now: datetime, *, overdue_after: timedelta) -> list[AgentStatus]:
+        """Per agent: live (tracked), due, overdue, held, deleted in the last day, in grace.
+
+        Costs a few rows whatever the store's size: live and held come from the counts the
+        store's triggers keep; due, overdue and in grace from the ``(state, due_at)`` index
+        (their cost follows the number due); deleted from ``(state, finished_at)`` (the number
+        deleted in a day, which the request budget bounds).
+        """
         c = conversations
-        live = c.c.state.in_([State.ACTIVE.value, State.HELD.value, State.DELETING.value])
         is_due = and_(c.c.state.in_([State.ACTIVE.value, State.DELETING.value]), c.c.due_at <= now)
-        overdue = and_(is_due, c.c.due_at <= now - overdue_after, _not_in_grace(c, now))
-        recent = and_(c.c.state == State.DELETED.value, c.c.finished_at >= now - timedelta(days=1))
-        waiting = and_(is_due, c.c.grace_until > now)
-        query = (
+        overdue = and_(c.c.due_at <= now - overdue_after, _not_in_grace(c, now))
+        due_query = (
             select(
                 c.c.agent_id,
-                func.sum(_flag(live)),
-                func.sum(_flag(is_due)),
+                func.count(),
                 func.sum(_flag(overdue)),
-                func.sum(_flag(c.c.state == State.HELD.value)),
-                func.sum(_flag(recent)),
-                func.sum(_flag(waiting)),
+                func.sum(_flag(c.c.grace_until > now)),
             )
-            .where(or_(live, recent))
+            .where(is_due)
             .group_by(c.c.agent_id)
-            .order_by(c.c.agent_id)
+        )
+        recent_query = (
+            select(c.c.agent_id, func.count())
+            .where(c.c.state == State.DELETED.value, c.c.finished_at >= now - timedelta(days=1))
+            .group_by(c.c.agent_id)
         )
         async with self.db.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [AgentStatus(int(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
+            counts = await live_counts(conn)
+            due = {int(r[0]): r[1:] for r in (await conn.execute(due_query)).all()}
+            recent = {int(r[0]): int(r[1]) for r in (await conn.execute(recent_query)).all()}
+        out = []
+        for agent_id in sorted({a for a, (live, _) in counts.items() if live} | set(recent)):
+            live, held = counts.get(agent_id, (0, 0))
+            n_due, n_overdue, n_grace = (int(v or 0) for v in due.get(agent_id, (0, 0, 0)))
+            out.append(
+                AgentStatus(
+                    agent_id, live, n_due, n_overdue, held, recent.get(agent_id, 0), n_grace
+                )
+            )
+        return out
+
+
+LIVE_STATES = (State.ACTIVE.value, State.HELD.value, State.DELETING.value)
+
+
+async def live_counts(conn: AsyncConnection) -> dict[int, tuple[int, int]]:
+    """Per agent: (live, held) conversations, from the counts the triggers keep exact."""
+    query = select(
+        conversation_counts.c.agent_id, conversation_counts.c.state, conversation_counts.c.n
+    ).where(conversation_counts.c.state.in_(LIVE_STATES), conversation_counts.c.n > 0)
+    out: dict[int, tuple[int, int]] = {}
+    for agent_id, state, n in (await conn.execute(query)).all():
+        live, held = out.get(int(agent_id), (0, 0))
+        out[int(agent_id)] = (live + int(n), held + (int(n) if state == State.HELD.value else 0))
+    return out
 
 
 def _not_in_grace(c: Any, now: datetime) -> Any:

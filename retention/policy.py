@@ -12,6 +12,7 @@ Precedence (DESIGN.md section 4):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -293,22 +294,26 @@ def decide(
     holds: Sequence[Hold],
     now: datetime,
 ) -> Decision:
-    """Decide whether and when a conversation is to be deleted, and say why."""
+    """Decide whether and when a conversation is to be deleted, and say why.
+
+    The decision holds absolute times only: the same facts and rules give the same decision at
+    any ``now`` (the reason, too; :func:`explain` adds how soon when it is shown).
+    """
     for hold in holds:
         if hold.matches(facts):
             return Decision(DecisionKind.HELD, hold.name, None, f"held by {hold.name!r}")
     if facts.ttl is not None:
         start = facts.ttl_from or facts.created_at
         due = start + facts.ttl
-        why = f"own TTL {format_duration(facts.ttl)} from {_stamp(start)}; {_when(due, now)}"
+        why = f"own TTL {format_duration(facts.ttl)} from {_stamp(start)}"
         return Decision(DecisionKind.TTL, TTL_RULE, due, why)
     for policy in policies:
         if policy.matches(facts):
-            return _policy_decision(policy, facts, now)
+            return _policy_decision(policy, facts)
     return Decision(DecisionKind.NO_MATCH, None, None, "no policy matches: kept")
 
 
-def _policy_decision(policy: Policy, facts: ConversationFacts, now: datetime) -> Decision:
+def _policy_decision(policy: Policy, facts: ConversationFacts) -> Decision:
     provisional = False
     if policy.age_from is AgeFrom.CREATED:
         start, clock = facts.created_at, "created"
@@ -322,11 +327,7 @@ def _policy_decision(policy: Policy, facts: ConversationFacts, now: datetime) ->
         start, clock = max(facts.created_at, facts.updated_at), "created/updated (unconfirmed)"
         provisional = True
     due = start + policy.max_age
-    age = format_duration(now - start)
-    why = (
-        f"policy {policy.name!r}: max_age {format_duration(policy.max_age)} from {clock}, "
-        f"age {age}; {_when(due, now)}"
-    )
+    why = _basis(policy.name, policy.max_age, clock)
     return Decision(
         DecisionKind.POLICY,
         policy.name,
@@ -336,6 +337,26 @@ def _policy_decision(policy: Policy, facts: ConversationFacts, now: datetime) ->
         provisional=provisional,
         age_from=policy.age_from,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _basis(name: str, max_age: timedelta, clock: str) -> str:
+    """A policy decision's reason: the same for every conversation it decides (a rules change
+    decides millions again)."""
+    return f"policy {name!r}: max_age {format_duration(max_age)} from {clock}"
+
+
+def explain(reason: str | None, due_at: datetime | None, now: datetime) -> str:
+    """The human reason for a decision, as of ``now``: what was decided, and when it is due.
+
+    A decision's own ``reason`` says what decided and by which clock, never how long ago or
+    how soon: it stays the same while the decision does, so re-evaluating a store rewrites only
+    the rows whose decision changed. The time is put in here, when the reason is shown.
+    """
+    text = reason or ""
+    if due_at is None:
+        return text
+    return f"{text}; {_when(due_at, now)}" if text else _when(due_at, now)
 
 
 def _when(due: datetime, now: datetime) -> str:

@@ -19,7 +19,7 @@ from retention.models import (
     SweepReport,
     TrackedConversation,
 )
-from retention.policy import Hold, Policy
+from retention.policy import Hold, Policy, explain
 from retention.timefmt import format_duration
 
 
@@ -163,7 +163,7 @@ def record_json(record: TrackedConversation, *, now: datetime) -> dict[str, Any]
         "due": record.due_at is not None and record.due_at <= now,
         "grace_until": _iso(record.grace_until),
         "retry_at": _iso(record.retry_at),
-        "reason": record.reason,
+        "reason": explain(record.reason, record.due_at, now),
         "attempts": record.attempts,
         "last_error": record.last_error,
         "finished_at": _iso(record.finished_at),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,12 +20,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from retention.breaker import AgentDue
 from retention.database import Database
 from retention.errors import ConfigError, LeaseLost, StoreError
-from retention.journal import Journal
-from retention.migrate import current_revision, head_revision, upgrade_to_head
-from retention.models import TTL_RULE, AgentRecord, Lease, Origin, State, TrackedConversation
+from retention.journal import LIVE_STATES, Journal, live_counts
+from retention.migrate import current_revision, upgrade_to_head
+from retention.models import TTL_RULE, AgentRecord, Lease, State, TrackedConversation
 from retention.schema import (
+    REVISION,
     agent_from_row,
     agents,
+    conversation_counts,
     conversation_from_row,
     conversation_row,
     conversations,
@@ -71,7 +73,7 @@ class Store:
         return store
 
     async def _require_head(self, *, current: bool = True) -> None:
-        revision, head = await self.revision(), head_revision()
+        revision, head = await self.revision(), REVISION
         if revision is None:
             raise ConfigError("the store has no schema", key="store.url")
         if current and revision != head:
@@ -108,6 +110,12 @@ class Store:
         async with self.db.connect() as conn:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
         return agent_from_row(row._mapping) if row else None
+
+    async def all_agents(self) -> dict[int, AgentRecord]:
+        """Every agent the store knows (one row per agent: a small table), by id."""
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(select(agents))).all()
+        return {int(r.id): agent_from_row(r._mapping) for r in rows}
 
     async def save_agent(self, record: AgentRecord, *, now: datetime) -> None:
         values = {
@@ -151,16 +159,41 @@ class Store:
                     rows += (await conn.execute(chunk)).all()
         return [conversation_from_row(r._mapping) for r in rows]
 
-    async def requested_agents(self) -> set[int]:
-        """Agents of live conversations that were created or registered through retention."""
-        query = (
-            select(conversations.c.agent_id)
-            .where(
-                conversations.c.origin != Origin.DISCOVERED.value,
-                conversations.c.state.in_(
-                    [State.ACTIVE.value, State.HELD.value, State.DELETING.value]
-                ),
+    async def live_batches(self, size: int) -> AsyncGenerator[list[TrackedConversation], None]:
+        """Live conversations (active, held, deleting), ``size`` at a time in id order, each
+        batch read on its own connection: memory follows the batch, and writers go on between
+        batches. A row changed meanwhile is seen as it is when its batch is read."""
+        last = 0
+        c = conversations.c
+        while True:
+            # The state test is wrapped so that no state index serves it: SQLite would read
+            # every live row through (state, ...) and sort them, per batch; the id range of the
+            # primary key makes each batch cost its own size.
+            query = (
+                select(conversations)
+                .where(c.id > last, func.coalesce(c.state, "").in_(LIVE_STATES))
+                .order_by(c.id)
+                .limit(size)
             )
+            async with self.db.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            if not rows:
+                return
+            last = int(rows[-1].id)
+            yield [conversation_from_row(r._mapping) for r in rows]
+
+    async def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log back into the file after a large change (no-op on
+        other databases): the WAL would otherwise keep the size of the largest change."""
+        await self.db.checkpoint()
+
+    async def requested_agents(self) -> set[int]:
+        """Agents of live conversations that were created or registered through retention.
+        Read from the counts the store's triggers keep: a few rows, whatever is tracked."""
+        k = conversation_counts.c
+        query = (
+            select(k.agent_id)
+            .where(k.requested.is_(True), k.state.in_(LIVE_STATES), k.n > 0)
             .distinct()
         )
         async with self.db.connect() as conn:
@@ -214,37 +247,28 @@ class Store:
         """
         if not changes:
             return
-        columns = (
-            "due_at",
-            "rule",
-            "reason",
-            "provisional",
-            "dry_run",
-            "age_from",
-            "state",
-            "grace_until",
-            "approved_at",
-        )
-        rows = []
-        for before, c in changes:
-            row = {name: value for name, value in conversation_row(c).items() if name in columns}
-            row.update(noted=c.dry_run_noted_at, k_agent=c.agent_id, k_session=c.session_id)
-            row["k_state"] = before.state.value
-            rows.append(row)
-        statement = (
-            update(conversations)
-            .where(
-                conversations.c.agent_id == bindparam("k_agent"),
-                conversations.c.session_id == bindparam("k_session"),
-                conversations.c.state == bindparam("k_state"),
-            )
-            .values(
-                {name: bindparam(name) for name in columns}
-                | {"dry_run_noted_at": bindparam("noted")}
-            )
-        )
+        moved = [(b, a) for b, a in changes if a.state is not b.state]
+        stayed = [(b, a) for b, a in changes if a.state is b.state]
         async with self.db.begin() as conn:
-            await conn.execute(statement, rows)
+            # A state in the SET list costs its indexes and the counts trigger on every row,
+            # even unchanged: most decisions of a rules change only move the due time.
+            for group, columns in ((stayed, DECISION), (moved, (*DECISION, "state"))):
+                if group:
+                    # Compiled once and sent with positional rows: SQLAlchemy's per-row
+                    # parameter processing was most of a large change's time.
+                    compiled = _decision_update(columns).compile(dialect=conn.dialect)
+                    order = compiled.positiontup or ()
+                    bind = {
+                        name: compiled.binds[name]
+                        .type.dialect_impl(conn.dialect)
+                        .bind_processor(conn.dialect)
+                        for name in order
+                    }
+                    rows = [
+                        tuple(p(r[n]) if (p := bind[n]) else r[n] for n in order)
+                        for r in _decision_rows(group)
+                    ]
+                    await conn.exec_driver_sql(str(compiled), rows)
 
     async def touch(
         self,
@@ -339,9 +363,9 @@ class Store:
 
     async def due_figures(self, now: datetime) -> list[AgentDue]:
         """Per agent: unapproved conversations a deletion sweep would take now (by policy, by
-        their own TTL) and live ones: what the mass-deletion breaker judges."""
+        their own TTL) and live ones: what the mass-deletion breaker judges. Live counts come
+        from the triggers' counts; due ones through the ``(state, due_at)`` index."""
         c = conversations.c
-        live = c.state.in_([State.ACTIVE.value, State.HELD.value, State.DELETING.value])
         takes = and_(
             c.state == State.ACTIVE.value,
             c.due_at <= now,
@@ -355,17 +379,20 @@ class Store:
         query = (
             select(
                 c.agent_id,
-                func.sum(case((and_(takes, or_(c.rule.is_(None), ~by_ttl)), 1), else_=0)),
-                func.sum(case((and_(takes, by_ttl), 1), else_=0)),
-                func.sum(case((live, 1), else_=0)),
+                func.sum(case((or_(c.rule.is_(None), ~by_ttl), 1), else_=0)),
+                func.sum(case((by_ttl, 1), else_=0)),
             )
-            .where(live)
+            .where(takes)
             .group_by(c.agent_id)
-            .order_by(c.agent_id)
         )
         async with self.db.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [AgentDue(int(r[0]), int(r[1] or 0), int(r[2] or 0), int(r[3] or 0)) for r in rows]
+            counts = await live_counts(conn)
+            due = {int(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in await conn.execute(query)}
+        return [
+            AgentDue(agent_id, *due.get(agent_id, (0, 0)), live)
+            for agent_id, (live, _held) in sorted(counts.items())
+            if live
+        ]
 
     async def approve(self, now: datetime, *, agent_id: int | None = None) -> int:
         """Approve exactly the conversations due now (of one agent, or all): the breaker lets
@@ -545,3 +572,54 @@ class Store:
             result = await conn.execute(update(meta).where(meta.c.key == key).values(value=value))
             if result.rowcount == 0:
                 await conn.execute(insert(meta).values(key=key, value=value))
+
+
+DECISION = (
+    "due_at",
+    "rule",
+    "reason",
+    "provisional",
+    "dry_run",
+    "age_from",
+    "grace_until",
+    "approved_at",
+    "dry_run_noted_at",
+)
+
+
+def _decision_update(columns: Sequence[str]) -> Any:
+    """UPDATE the decision's ``columns`` of one row, while it is in the state decided from."""
+    c = conversations.c
+    return (
+        update(conversations)
+        .where(
+            c.agent_id == bindparam("k_agent"),
+            c.session_id == bindparam("k_session"),
+            c.state == bindparam("k_state"),
+        )
+        .values({name: bindparam(f"v_{name}") for name in columns})
+    )
+
+
+def _decision_rows(
+    changes: Sequence[tuple[TrackedConversation, TrackedConversation]],
+) -> list[dict[str, Any]]:
+    """Only the decision's columns: a rules change may write millions."""
+    return [
+        {
+            "v_due_at": c.due_at,
+            "v_rule": c.rule,
+            "v_reason": c.reason,
+            "v_provisional": c.provisional,
+            "v_dry_run": c.dry_run,
+            "v_age_from": c.age_from.value if c.age_from is not None else None,
+            "v_grace_until": c.grace_until,
+            "v_approved_at": c.approved_at,
+            "v_dry_run_noted_at": c.dry_run_noted_at,
+            "v_state": c.state.value,
+            "k_agent": c.agent_id,
+            "k_session": c.session_id,
+            "k_state": before.state.value,
+        }
+        for before, c in changes
+    ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -157,6 +158,14 @@ class LeaseGuard(Protocol):
     def valid(self) -> bool: ...
 
 
+class ReevaluationRepository(Protocol):
+    """The live conversations read a batch at a time, for a rules change: memory and the
+    event loop's pauses follow the batch, not the store."""
+
+    def live_batches(self, size: int) -> AsyncGenerator[list[TrackedConversation], None]: ...
+    async def checkpoint(self) -> None: ...
+
+
 class MetaRepository(Protocol):
     """Small named values the engine keeps between runs (the rules' fingerprint)."""
 
@@ -164,7 +173,9 @@ class MetaRepository(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
 
-class Repository(AgentRepository, ConversationRepository, MetaRepository, Protocol):
+class Repository(
+    AgentRepository, ConversationRepository, ReevaluationRepository, MetaRepository, Protocol
+):
     """The whole store as the engine is handed it; each part of a sweep sees one narrow side."""
 
     @property
@@ -295,6 +306,17 @@ class Sweep:
         state = conversation.state
         if state in (State.ACTIVE, State.HELD):
             state = State.HELD if decision.kind is DecisionKind.HELD else State.ACTIVE
+        c = conversation
+        if (c.state, c.due_at, c.rule, c.reason, c.provisional, c.dry_run, c.age_from) == (
+            state,
+            decision.due_at,
+            decision.rule,
+            decision.reason,
+            decision.provisional,
+            decision.dry_run,
+            decision.age_from,
+        ):
+            return conversation  # decided as before: no copy (a rules change reads millions)
         return replace(
             conversation,
             state=state,

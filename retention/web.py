@@ -34,8 +34,8 @@ from retention.daemon import Health
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
 from retention.metrics import CONTENT_TYPE, Metrics
-from retention.migrate import head_revision
 from retention.models import TrackedConversation
+from retention.schema import REVISION
 from retention.store import Store
 from retention.validation import first_error, problem_text
 
@@ -172,8 +172,8 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     problems = []
     try:
         revision = await ctx.store.revision()
-        if revision != head_revision():
-            problems.append(f"store schema at {revision}, not {head_revision()}")
+        if revision != REVISION:
+            problems.append(f"store schema at {revision}, not {REVISION}")
     except StoreError:
         problems.append("the store is not reachable")
     try:

@@ -15,12 +15,15 @@ from pydantic import SecretStr
 
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
+from retention.daemon import Health
 from retention.emulator import DEFAULT_TOKEN, Emulator
 from retention.emulator.seed import EmulatorState
 from retention.engine import Engine
+from retention.metrics import Metrics
 from retention.policy import Hold, Policy, Rules
 from retention.store import Store
 from retention.sweep import EngineOptions
+from retention.web import AdminContext, serve
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parent.parent
@@ -136,3 +139,42 @@ def make_engine(client: CustomGPTClient, store: Store) -> EngineFactory:
         return Engine(client, store, Rules(policies, holds), options=EngineOptions(**options))
 
     return build
+
+
+# ---- an admin surface over a real engine and store (test_web, test_rules_change) -------------
+
+ADMIN = "admin-SECRET-42"
+TEST_CHATS = Policy(
+    name="test-chats", agents=frozenset({532}), name_matches=("Test*",), max_age=timedelta(hours=1)
+)
+
+
+@pytest.fixture
+def engine(make_engine: EngineFactory) -> Engine:
+    return make_engine((TEST_CHATS,))
+
+
+@pytest.fixture
+def context(engine: Engine, store: Store) -> AdminContext:
+    api = engine.context.api
+    metrics = Metrics(
+        stats=api.stats,
+        budget=api.budget,  # type: ignore[attr-defined]
+        clock_reading=lambda: api.clock_reading,
+    )
+    engine.listeners.append(metrics.observe_sweep)
+    return AdminContext(
+        engine=engine,
+        store=store,
+        metrics=metrics,
+        health=Health(started_at=datetime.now(UTC)),
+        admin_token=SecretStr(ADMIN),
+        ready_after_failing=timedelta(minutes=15),
+        overdue_after=timedelta(minutes=2),
+    )
+
+
+@pytest.fixture
+async def admin(context: AdminContext) -> AsyncIterator[str]:
+    async with serve(context, "127.0.0.1:0") as url:
+        yield url

@@ -19,6 +19,7 @@ from retention.policy import (
     compile_glob,
     compile_regex,
     decide,
+    explain,
     validate_rules,
 )
 
@@ -198,8 +199,13 @@ def test_unknown_last_activity_is_a_provisional_lower_bound() -> None:
 
 def test_reason_names_the_rule_clock_and_timing() -> None:
     decision = decide(facts(), policies=(QA,), holds=(), now=NOW)
-    assert decision.reason == "policy 'qa': max_age 1h from created, age 2h; due since 1h"
+    assert decision.reason == "policy 'qa': max_age 1h from created"
+    shown = explain(decision.reason, decision.due_at, NOW)
+    assert shown == "policy 'qa': max_age 1h from created; due since 1h"
     assert decision.is_due(NOW)
+    later = NOW + 2 * H
+    assert decide(facts(), policies=(QA,), holds=(), now=later) == decision, "time-free"
+    assert explain(decision.reason, decision.due_at, later).endswith("; due since 3h")
 
 
 def test_policy_dry_run_is_carried_into_the_decision() -> None:
@@ -383,25 +389,25 @@ def test_compile_regex_returns_a_working_pattern() -> None:
         (
             facts(agent_id=533, name="x", updated_at=NOW - 3 * D),
             RENAMED,
-            "policy 'renamed': max_age 1d from updated, age 3d; due since 2d",
+            "policy 'renamed': max_age 1d from updated; due since 2d",
             False,
         ),
         (
             facts(created_at=NOW - 60 * D, last_activity_at=NOW - 5 * D),
             IDLE,
-            "policy 'idle': max_age 30d from last activity, age 5d; due in 25d",
+            "policy 'idle': max_age 30d from last activity; due in 25d",
             False,
         ),
         (
             facts(created_at=NOW - 40 * D, updated_at=NOW - 35 * D),
             IDLE,
-            "policy 'idle': max_age 30d from created/updated (unconfirmed), age 35d; due since 5d",
+            "policy 'idle': max_age 30d from created/updated (unconfirmed); due since 5d",
             True,
         ),
         (
             facts(created_at=NOW - H),
             QA,
-            "policy 'qa': max_age 1h from created, age 1h; due since 0s",  # due exactly now
+            "policy 'qa': max_age 1h from created; due since 0s",  # due exactly now
             False,
         ),
     ],
@@ -411,7 +417,7 @@ def test_a_policy_decision_names_its_clock(
     conversation: ConversationFacts, policy: Policy, reason: str, provisional: bool
 ) -> None:
     decision = decide(conversation, policies=(policy,), holds=(), now=NOW)
-    assert decision.reason == reason
+    assert explain(decision.reason, decision.due_at, NOW) == reason
     assert decision.provisional is provisional
     assert decision.age_from is policy.age_from
     assert decision.is_due(NOW) is reason.endswith(("due since 2d", "due since 5d", "0s"))
@@ -419,7 +425,10 @@ def test_a_policy_decision_names_its_clock(
 
 def test_a_ttl_decision_says_when_it_started() -> None:
     decision = decide(facts(ttl=5 * H, ttl_from=NOW - H), policies=(), holds=(), now=NOW)
-    assert decision.reason == "own TTL 5h from 2026-11-26 11:00:00Z; due in 4h"
+    assert decision.reason == "own TTL 5h from 2026-11-26 11:00:00Z"
+    assert explain(decision.reason, decision.due_at, NOW).endswith("; due in 4h")
+    kept = decide(facts(), policies=(), holds=(), now=NOW)
+    assert explain(kept.reason, kept.due_at, NOW) == "no policy matches: kept", "never due"
 
 
 # ---- the rules in force ----------------------------------------------------------------------
@@ -516,6 +525,22 @@ def test_a_held_conversation_is_never_due(
     decision = decide(conversation, policies=policies, holds=[*holds, freeze], now=now)
     assert decision.kind is DecisionKind.HELD
     assert not decision.is_due(now)
+
+
+@given(conversation_facts(), policies_st, holds_st, nows, nows)
+def test_a_decision_is_the_same_whenever_it_is_made(
+    conversation: ConversationFacts,
+    policies: list[Policy],
+    holds: list[Hold],
+    now: datetime,
+    later: datetime,
+) -> None:
+    """Absolute times only: re-evaluating a store later rewrites only changed decisions."""
+    first = decide(conversation, policies=policies, holds=holds, now=now)
+    assert decide(conversation, policies=policies, holds=holds, now=later) == first
+    shown = explain(first.reason, first.due_at, later)
+    assert shown.startswith(first.reason)
+    assert ("due since" in shown or "due in" in shown) is (first.due_at is not None)
 
 
 @given(conversation_facts(), policies_st, holds_st, nows)

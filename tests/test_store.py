@@ -21,7 +21,7 @@ from retention.models import (
     State,
     TrackedConversation,
 )
-from retention.schema import metadata
+from retention.schema import REVISION, metadata
 from retention.store import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -49,7 +49,7 @@ async def test_migrations_build_exactly_the_declared_schema(store: Store) -> Non
             lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
         )
     assert diff == []
-    assert await store.revision() == head_revision()
+    assert await store.revision() == head_revision() == REVISION, "schema.REVISION is the head"
 
 
 async def test_open_creates_folder_and_file_and_reopens_without_migrating(tmp_path: Path) -> None:

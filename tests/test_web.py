@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,9 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
-from retention.daemon import Health
 from retention.emulator import Emulator
 from retention.engine import Engine
 from retention.errors import ConfigError
@@ -21,44 +19,9 @@ from retention.policy import Policy, Rules
 from retention.store import Store
 from retention.web import AdminContext, serve
 
-from .conftest import ClientFactory, EngineFactory
+from .conftest import ADMIN, TEST_CHATS, ClientFactory, EngineFactory
 
-ADMIN = "admin-SECRET-42"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-TEST_CHATS = Policy(
-    name="test-chats", agents=frozenset({532}), name_matches=("Test*",), max_age=timedelta(hours=1)
-)
-
-
-@pytest.fixture
-def engine(make_engine: EngineFactory) -> Engine:
-    return make_engine((TEST_CHATS,))
-
-
-@pytest.fixture
-def context(engine: Engine, store: Store) -> AdminContext:
-    api = engine.context.api
-    metrics = Metrics(
-        stats=api.stats,
-        budget=api.budget,  # type: ignore[attr-defined]
-        clock_reading=lambda: api.clock_reading,
-    )
-    engine.listeners.append(metrics.observe_sweep)
-    return AdminContext(
-        engine=engine,
-        store=store,
-        metrics=metrics,
-        health=Health(started_at=datetime.now(UTC)),
-        admin_token=SecretStr(ADMIN),
-        ready_after_failing=timedelta(minutes=15),
-        overdue_after=timedelta(minutes=2),
-    )
-
-
-@pytest.fixture
-async def admin(context: AdminContext) -> AsyncIterator[str]:
-    async with serve(context, "127.0.0.1:0") as url:
-        yield url
 
 
 Call = Callable[..., Any]
