@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := retention migrations tests benchmarks mutation
 
-.PHONY: install test lint format demo emulate bench stress mutate lock wheel-smoke container-smoke clean
+.PHONY: install test lint format demo emulate bench bench-store stress mutate lock wheel-smoke container-smoke clean
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_due.py
 	$(BIN)/python benchmarks/bench_fresh.py
+
+# The store-size figures (README: Performance) at 10k, 100k and 1M tracked conversations, with
+# every goal and whether it is met (~15 minutes with 1M; built stores are cached in /tmp).
+SIZES ?= 10000 100000 1000000
+bench-store: $(STAMP)
+	$(BIN)/python benchmarks/bench_store.py --sizes $(SIZES)
 
 # Mutation testing of the pure core with mutmut (minutes; not part of `make test`): each of
 # policy.py, timefmt.py and budget.py is mutated in a copy of its own, every mutant runs only
