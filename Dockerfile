@@ -41,6 +41,8 @@ USER retention
 WORKDIR /data
 EXPOSE 8080
 # `retention probe` asks /healthz at whatever address [admin] listen names.
+# `retention probe` is a fresh interpreter (about 0.8 s) and one GET /healthz, which answers
+# within 70 ms even during a rules change on a store of 1M (make bench-store): 5 s of headroom.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["retention", "probe"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["retention"]
