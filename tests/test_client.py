@@ -267,10 +267,14 @@ async def test_last_activity_reads_the_twelve_hour_message_format(
     # future, so it is read exactly.
     conversation.messages = [now - timedelta(days=3), now - timedelta(hours=3)]
     assert await client.last_activity(532, conversation.session_id) == now - timedelta(hours=3)
-    # Of a message 13 hours old both readings lie in the past; the later one is taken, so the
-    # conversation looks younger than it is and is kept longer, never deleted sooner.
-    conversation.messages = [now - timedelta(hours=13)]
-    assert await client.last_activity(532, conversation.session_id) == now - timedelta(hours=1)
+    # Of a message 13 hours old both readings ("hh" and "hh" + 12 on its date) lie in the
+    # past; the later one is taken, so the conversation looks younger than it is and is kept
+    # longer, never deleted sooner. (Which reading is the later one depends on the hour now.)
+    old = now - timedelta(hours=13)
+    conversation.messages = [old]
+    later = old.replace(hour=old.hour % 12) + timedelta(hours=12)
+    assert later in (old, now - timedelta(hours=1))
+    assert await client.last_activity(532, conversation.session_id) == later
 
 
 # ---- clocks: 12-hour message times and the clock reading ------------------------------------
