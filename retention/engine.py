@@ -21,6 +21,7 @@ from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
 from retention.models import PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules, explain
+from retention.redecision import redecide
 from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
@@ -100,19 +101,26 @@ class Engine:
         # it acts), but a change that makes it newly due holds it back too.
         changed = waiting = 0
         hold_back = grace_until if previous is not None and grace else None
-        batches = self.store.live_batches(REEVALUATE_BATCH)
+        batches = self.store.decision_batches(REEVALUATE_BATCH)
         reading = asyncio.ensure_future(anext(batches, None))
+        decide, everywhere = context.rules.decide, context.options.dry_run
         try:
             while (batch := await reading) is not None:
                 # The next batch is read (in the driver's thread) while this one is decided
                 # and written: the two cores share the work.
                 reading = asyncio.ensure_future(anext(batches, None))
                 writes = []
-                for before in batch:
-                    after, waits = self._decide_again(before, now, hold_back)
+                for row in batch:
+                    after, waits = redecide(
+                        row.stored,
+                        decide(row.facts, now),
+                        now=now,
+                        hold_back=hold_back,
+                        dry_run_everywhere=everywhere,
+                    )
                     waiting += waits
-                    if after != before:
-                        writes.append((before, after))
+                    if after != row.stored:
+                        writes.append((row, after))
                 if writes:
                     context.still_the_writer()
                     await self.store.save_decisions(writes)
@@ -136,38 +144,6 @@ class Engine:
                 grace_until.isoformat(timespec="seconds"),
             )
         return changed
-
-    def _decide_again(
-        self, before: TrackedConversation, now: datetime, hold_back: datetime | None
-    ) -> tuple[TrackedConversation, bool]:
-        """One conversation under the rules in force: the row to store, and whether a policy
-        change grace (until ``hold_back``; None: no grace) now holds it back."""
-        context = self.context
-        after = context.evaluate(before, now)
-        # A dry-run note stands while the same decision stays dry-run; otherwise it goes,
-        # so that the conversation is deleted (or noted afresh) by the next sweep.
-        decided_again = (after.rule, after.due_at) != (before.rule, before.due_at)
-        if after.dry_run_noted_at is not None and (decided_again or not context.dry_run(after)):
-            after = replace(after, dry_run_noted_at=None)
-        sooner = after.due_at is not None and (
-            before.due_at is None or after.due_at < before.due_at
-        )
-        waits = False
-        if hold_back is not None and sooner and after.due_at < hold_back:  # type: ignore[operator]
-            after = replace(after, grace_until=max(hold_back, before.grace_until or now))
-            waits = True
-        elif after.grace_until is not None and (
-            after.due_at is None or (before.due_at is not None and after.due_at > before.due_at)
-        ):
-            # Due later than before, or never: nothing is left for a grace to hold back.
-            # A due time that did not move keeps its grace: an unrelated edit (or a
-            # re-decision after an upgrade) must not release what an earlier edit held.
-            after = replace(after, grace_until=None)
-        if after.approved_at is not None and (after.due_at is None or after.due_at > now):
-            # An approval covers what was due when it was given: a conversation the new
-            # rules make not due is no longer covered when later rules make it due again.
-            after = replace(after, approved_at=None)
-        return after, waits
 
     async def set_rules(self, rules: Rules) -> int:
         """Put new rules in force (a reload) and re-evaluate what the store holds."""

@@ -187,6 +187,13 @@ class AuditOutcome(enum.StrEnum):
     DRY_RUN = "dry_run"  # would have been deleted
 
 
+def creator_of(origin: Origin, remote_id: int | None, created_by: int | None) -> Creator | None:
+    """Who opened a tracked conversation; None while it was never listed (not known)."""
+    if origin is not Origin.DISCOVERED and remote_id is None:
+        return None
+    return Creator.ANONYMOUS if created_by is None else Creator.TEAM_MEMBER
+
+
 @dataclass(frozen=True, slots=True)
 class TrackedConversation:
     """A conversation as the store knows it: facts, the last decision, and its state."""
@@ -226,9 +233,7 @@ class TrackedConversation:
 
     @property
     def creator(self) -> Creator | None:
-        if self.origin is not Origin.DISCOVERED and self.remote_id is None:
-            return None  # not listed yet: who opened it is not known
-        return Creator.ANONYMOUS if self.created_by is None else Creator.TEAM_MEMBER
+        return creator_of(self.origin, self.remote_id, self.created_by)
 
     def facts(self) -> ConversationFacts:
         return ConversationFacts(

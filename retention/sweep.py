@@ -34,7 +34,6 @@ from retention.models import (
     AgentSettings,
     AuditRecord,
     Conversation,
-    DecisionKind,
     DeleteOutcome,
     Fact,
     Lease,
@@ -44,6 +43,7 @@ from retention.models import (
 )
 from retention.paging import WalkTally
 from retention.policy import Rules
+from retention.redecision import DecisionRow, StoredDecision, state_under
 from retention.timefmt import format_duration
 
 Progress = Callable[[str, int], None]  # ("pages" | "deletions", how many so far)
@@ -102,9 +102,6 @@ class ConversationRepository(Protocol):
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None: ...
     async def insert(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
     async def update(self, items: Sequence[TrackedConversation], *, now: datetime) -> None: ...
-    async def save_decisions(
-        self, changes: Sequence[tuple[TrackedConversation, TrackedConversation]]
-    ) -> None: ...
     async def touch(
         self,
         agent_id: int,
@@ -162,7 +159,10 @@ class ReevaluationRepository(Protocol):
     """The live conversations read a batch at a time, for a rules change: memory and the
     event loop's pauses follow the batch, not the store."""
 
-    def live_batches(self, size: int) -> AsyncGenerator[list[TrackedConversation], None]: ...
+    def decision_batches(self, size: int) -> AsyncGenerator[list[DecisionRow], None]: ...
+    async def save_decisions(
+        self, changes: Sequence[tuple[DecisionRow, StoredDecision]]
+    ) -> None: ...
     async def checkpoint(self) -> None: ...
 
 
@@ -303,9 +303,7 @@ class Sweep:
         clock), so nothing downstream looks a policy up by name again.
         """
         decision = self.rules.decide(conversation.facts(), now)
-        state = conversation.state
-        if state in (State.ACTIVE, State.HELD):
-            state = State.HELD if decision.kind is DecisionKind.HELD else State.ACTIVE
+        state = state_under(conversation.state, decision)
         c = conversation
         if (c.state, c.due_at, c.rule, c.reason, c.provisional, c.dry_run, c.age_from) == (
             state,

@@ -21,6 +21,7 @@ from retention.models import (
     State,
     TrackedConversation,
 )
+from retention.redecision import DecisionRow
 from retention.schema import REVISION, metadata
 from retention.store import Store
 
@@ -187,12 +188,27 @@ async def test_bad_url_is_a_store_error() -> None:
         await Store.open("sqlite:///r.db")
 
 
+async def read_decisions(store: Store) -> list[DecisionRow]:
+    return [row async for batch in store.decision_batches(1) for row in batch]
+
+
+async def test_decision_batches_read_the_live_rows_facts_and_decisions(store: Store) -> None:
+    rows = [tracked(n, rule="old", due_at=NOW, reason="why") for n in range(5)]
+    await store.insert(rows, now=NOW)
+    await store.set_state(532, "s-3", State.GONE, now=NOW)
+    read = await read_decisions(store)
+    assert [r.facts for r in read] == [c.facts() for c in rows if c.session_id != "s-3"]
+    assert {(r.stored.rule, r.stored.due_at, r.stored.reason) for r in read} == {
+        ("old", NOW, "why")
+    }
+
+
 async def test_saving_decisions_leaves_rows_a_deletion_moved_on(store: Store) -> None:
     await store.insert([tracked(1), tracked(2)], now=NOW)
-    snapshot = {c.session_id: c for c in await store.conversations()}
+    snapshot = await read_decisions(store)
     await store.set_state(532, "s-2", State.DELETED, now=NOW)  # a deletion, meanwhile
     decided = [
-        (c, replace(c, rule="new", due_at=NOW, reason="re-evaluated")) for c in snapshot.values()
+        (r, replace(r.stored, rule="new", due_at=NOW, reason="re-evaluated")) for r in snapshot
     ]
     await store.save_decisions(decided)
     first, second = await store.get(532, "s-1"), await store.get(532, "s-2")
@@ -202,8 +218,8 @@ async def test_saving_decisions_leaves_rows_a_deletion_moved_on(store: Store) ->
 
 async def test_saving_decisions_leaves_a_row_that_went_mid_delete_meanwhile(store: Store) -> None:
     await store.insert([tracked(1)], now=NOW)
-    [before] = await store.conversations()
+    [before] = await read_decisions(store)
     await store.set_state(532, "s-1", State.DELETING, now=NOW)  # the intent, meanwhile
-    await store.save_decisions([(before, replace(before, rule="new", state=State.HELD))])
+    await store.save_decisions([(before, replace(before.stored, rule="new", state=State.HELD))])
     row = await store.get(532, "s-1")
     assert row is not None and (row.rule, row.state) == (None, State.DELETING)
