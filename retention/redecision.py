@@ -38,6 +38,7 @@ class DecisionRow:
 
     facts: ConversationFacts
     stored: StoredDecision
+    key: int  # the store's own key for the row, handed back when the decision is written
 
 
 def state_under(state: State, decision: Decision) -> State:

@@ -600,15 +600,12 @@ DECISION = (
 
 
 def _decision_update(columns: Sequence[str]) -> Any:
-    """UPDATE the decision's ``columns`` of one row, while it is in the state decided from."""
+    """UPDATE the decision's ``columns`` of one row (by the key it was read with: the primary
+    key, the cheapest lookup), while it is in the state decided from."""
     c = conversations.c
     return (
         update(conversations)
-        .where(
-            c.agent_id == bindparam("k_agent"),
-            c.session_id == bindparam("k_session"),
-            c.state == bindparam("k_state"),
-        )
+        .where(c.id == bindparam("k_id"), c.state == bindparam("k_state"))
         .values({name: bindparam(f"v_{name}") for name in columns})
     )
 
@@ -616,7 +613,7 @@ def _decision_update(columns: Sequence[str]) -> Any:
 # Every parameter of :func:`_decision_update`, in the order :func:`_decision_values` gives them;
 # a statement takes those it names, in its own order (the table's column order).
 DECISION_PARAMS = (
-    *(f"v_{name}" for name in DECISION), "v_state", "k_agent", "k_session", "k_state",
+    *(f"v_{name}" for name in DECISION), "v_state", "k_id", "k_state",
 )  # fmt: skip
 
 
@@ -631,7 +628,7 @@ def _decision_values(
             t(d.due_at), d.rule, d.reason, d.provisional, d.dry_run,
             d.age_from.value if d.age_from is not None else None,
             t(d.grace_until), t(d.approved_at), t(d.dry_run_noted_at), d.state.value,
-            row.facts.agent_id, row.facts.session_id, row.stored.state.value,
+            row.key, row.stored.state.value,
         )  # fmt: skip
 
 
@@ -650,7 +647,7 @@ _CLOCKS = {a.value: a for a in AgeFrom}
 
 def _decision_row(r: Any) -> DecisionRow:
     """A row of :data:`DECISION_ROW` (positional: a rules change reads millions)."""
-    (_, agent_id, session_id, name, created_at, updated_at, origin, remote_id, created_by,
+    (key, agent_id, session_id, name, created_at, updated_at, origin, remote_id, created_by,
      last_activity_at, ttl, ttl_from, state, due_at, rule, reason, provisional, dry_run,
      age_from, grace_until, approved_at, noted) = r  # fmt: skip
     kind = _ORIGINS[origin]
@@ -678,4 +675,4 @@ def _decision_row(r: Any) -> DecisionRow:
         approved_at=approved_at,
         dry_run_noted_at=noted,
     )
-    return DecisionRow(facts, stored)
+    return DecisionRow(facts, stored, key)
