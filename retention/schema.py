@@ -46,11 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        utc = _as_utc(value)
+        return None if utc is None else utc.replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if not isinstance(value, datetime):
@@ -66,12 +63,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         def to_text(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given to the store; use an aware UTC datetime")
-            utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-            return utc.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+            utc = _as_utc(value)
+            return None if utc is None else utc.isoformat(" ", "microseconds")[:-6]  # no +00:00
 
         return to_text
 
@@ -83,6 +76,15 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None if value is None else datetime.fromisoformat(value + "+00:00")
 
         return from_text
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """An aware datetime in UTC; a naive one is refused (its zone would be a guess)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 metadata = MetaData()
