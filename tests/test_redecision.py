@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -46,11 +45,11 @@ G = GRACE
         (STORED, policy(NOW - H), None, State.ACTIVE, None, False),  # no grace for this change
         (STORED, policy(NOW + 3 * H), G, State.ACTIVE, None, False),  # sooner, beyond the grace
         (STORED, HELD, G, State.HELD, None, False),  # a hold: held, never due
-        (replace(STORED, state=State.HELD), policy(NOW + 5 * H), G, State.ACTIVE, None, False),
-        (replace(STORED, state=State.DELETING), HELD, G, State.DELETING, None, False),
-        (replace(STORED, grace_until=G), policy(NOW + 5 * H), G, State.ACTIVE, GRACE, False),
-        (replace(STORED, grace_until=G), policy(NOW + 9 * H), G, State.ACTIVE, None, False),
-        (replace(STORED, grace_until=G), policy(None), G, State.ACTIVE, None, False),
+        (STORED._replace(state=State.HELD), policy(NOW + 5 * H), G, State.ACTIVE, None, False),
+        (STORED._replace(state=State.DELETING), HELD, G, State.DELETING, None, False),
+        (STORED._replace(grace_until=G), policy(NOW + 5 * H), G, State.ACTIVE, GRACE, False),
+        (STORED._replace(grace_until=G), policy(NOW + 9 * H), G, State.ACTIVE, None, False),
+        (STORED._replace(grace_until=G), policy(None), G, State.ACTIVE, None, False),
     ],
     ids=[
         "newly due waits", "no grace asked", "sooner beyond the grace", "held",
@@ -72,14 +71,14 @@ def test_a_new_decision_and_the_grace(
 
 
 def test_an_approval_covers_only_what_stays_due() -> None:
-    approved = replace(STORED, due_at=NOW - H, approved_at=NOW)
+    approved = STORED._replace(due_at=NOW - H, approved_at=NOW)
     assert run(approved, policy(NOW - 2 * H))[0].approved_at == NOW, "still due: still approved"
     assert run(approved, policy(NOW + H))[0].approved_at is None, "not due now"
     assert run(approved, HELD)[0].approved_at is None, "held"
 
 
 def test_a_dry_run_note_stands_while_the_same_decision_stays_dry_run() -> None:
-    noted = replace(STORED, dry_run=True, dry_run_noted_at=NOW)
+    noted = STORED._replace(dry_run=True, dry_run_noted_at=NOW)
     same = policy(STORED.due_at, dry_run=True)
     assert run(noted, same)[0].dry_run_noted_at == NOW
     assert run(noted, policy(STORED.due_at))[0].dry_run_noted_at is None, "no longer dry-run"

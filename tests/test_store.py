@@ -208,7 +208,7 @@ async def test_saving_decisions_leaves_rows_a_deletion_moved_on(store: Store) ->
     snapshot = await read_decisions(store)
     await store.set_state(532, "s-2", State.DELETED, now=NOW)  # a deletion, meanwhile
     decided = [
-        (r, replace(r.stored, rule="new", due_at=NOW, reason="re-evaluated")) for r in snapshot
+        (r, r.stored._replace(rule="new", due_at=NOW, reason="re-evaluated")) for r in snapshot
     ]
     await store.save_decisions(decided)
     first, second = await store.get(532, "s-1"), await store.get(532, "s-2")
@@ -220,6 +220,6 @@ async def test_saving_decisions_leaves_a_row_that_went_mid_delete_meanwhile(stor
     await store.insert([tracked(1)], now=NOW)
     [before] = await read_decisions(store)
     await store.set_state(532, "s-1", State.DELETING, now=NOW)  # the intent, meanwhile
-    await store.save_decisions([(before, replace(before.stored, rule="new", state=State.HELD))])
+    await store.save_decisions([(before, before.stored._replace(rule="new", state=State.HELD))])
     row = await store.get(532, "s-1")
     assert row is not None and (row.rule, row.state) == (None, State.DELETING)
