@@ -115,9 +115,11 @@ class Database:
         try:
             async with opening as conn:
                 yield conn
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            # sqlite3's own errors come from statements sent to the driver directly (bulk
+            # writes of a rules change); the rest come wrapped by SQLAlchemy.
             cause = getattr(exc, "orig", None) or exc
-            if isinstance(exc, OperationalError):
+            if isinstance(exc, OperationalError | sqlite3.OperationalError):
                 # A read-only file or folder, a full disk: the pool keeps the connections whose
                 # SQLite handle went bad (SQLite opens a file it cannot write read-only, for
                 # good). Drop them all, so the next use opens fresh ones and the store is used

@@ -21,7 +21,7 @@ from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
 from retention.models import PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules, explain
-from retention.redecision import redecide
+from retention.redecision import DecisionRow, redecide
 from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
@@ -102,12 +102,12 @@ class Engine:
         changed = waiting = 0
         hold_back = grace_until if previous is not None and grace else None
         batches = self.store.decision_batches(REEVALUATE_BATCH)
-        reading = asyncio.ensure_future(anext(batches, None))
         decide, everywhere = context.rules.decide, context.options.dry_run
+        saving: asyncio.Future[None] | None = None
+        reading: asyncio.Future[list[DecisionRow] | None] | None = None
         try:
+            reading = asyncio.ensure_future(anext(batches, None))
             while (batch := await reading) is not None:
-                # The next batch is read (in the driver's thread) while this one is decided
-                # and written: the two cores share the work.
                 reading = asyncio.ensure_future(anext(batches, None))
                 writes = []
                 for row in batch:
@@ -121,15 +121,23 @@ class Engine:
                     waiting += waits
                     if after != row.stored:
                         writes.append((row, after))
+                # A batch is written while the next is read and decided: the two cores share
+                # the work. The read waits for this thread; the write does not need it.
+                if saving is not None:
+                    await saving
+                    saving = None
                 if writes:
                     context.still_the_writer()
-                    await self.store.save_decisions(writes)
+                    saving = asyncio.ensure_future(self.store.save_decisions(writes))
                     changed += len(writes)
                 await asyncio.sleep(0)  # a batch at a time: /healthz and the sweeps go on
+            if saving is not None:
+                await saving
         finally:
-            if not reading.done():
-                reading.cancel()
-                await asyncio.gather(reading, return_exceptions=True)
+            for task in (reading, saving):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await batches.aclose()
         context.still_the_writer()
         await self.store.set_meta(RULES_KEY, fingerprint)

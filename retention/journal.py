@@ -14,7 +14,7 @@ from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retention.database import Database
-from retention.models import AgentStatus, AuditRecord, State, SweepRecord, SweepReport
+from retention.models import LIVE_STATES, AgentStatus, AuditRecord, State, SweepRecord, SweepReport
 from retention.schema import (
     audit,
     audit_from_row,
@@ -166,9 +166,6 @@ class Journal:
                 )
             )
         return out
-
-
-LIVE_STATES = (State.ACTIVE.value, State.HELD.value, State.DELETING.value)
 
 
 async def live_counts(conn: AsyncConnection) -> dict[int, tuple[int, int]]:

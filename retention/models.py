@@ -178,6 +178,8 @@ class State(enum.StrEnum):
 
 
 TERMINAL_STATES = frozenset({State.DELETED, State.GONE})
+# The states of a conversation still tracked (not finished), as stored.
+LIVE_STATES = (State.ACTIVE.value, State.HELD.value, State.DELETING.value)
 
 
 class AuditOutcome(enum.StrEnum):

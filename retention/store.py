@@ -8,14 +8,11 @@ changes; :meth:`Store.open` applies pending ones.
 from __future__ import annotations
 
 import logging
-import operator
 import uuid
 from collections.abc import (
     AsyncGenerator,
-    Callable,
     Collection,
     Iterable,
-    Iterator,
     Sequence,
 )
 from dataclasses import replace
@@ -25,26 +22,23 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from retention import decisions
 from retention.breaker import AgentDue
 from retention.database import Database
 from retention.errors import ConfigError, LeaseLost, StoreError
-from retention.journal import LIVE_STATES, Journal, live_counts
+from retention.journal import Journal, live_counts
 from retention.migrate import current_revision, upgrade_to_head
 from retention.models import (
+    LIVE_STATES,
     TTL_RULE,
-    AgeFrom,
     AgentRecord,
-    ConversationFacts,
     Lease,
-    Origin,
     State,
     TrackedConversation,
-    creator_of,
 )
 from retention.redecision import DecisionRow, StoredDecision
 from retention.schema import (
     REVISION,
-    UTCDateTime,
     agent_from_row,
     agents,
     conversation_counts,
@@ -185,23 +179,13 @@ class Store:
         connection: memory follows the batch, and writers go on between batches. A row changed
         meanwhile is seen as it is when its batch is read."""
         last = 0
-        c = conversations.c
         while True:
-            # The state test is wrapped so that no state index serves it: SQLite would read
-            # every live row through (state, ...) and sort them, per batch; the id range of the
-            # primary key makes each batch cost its own size.
-            query = (
-                select(*DECISION_ROW)
-                .where(c.id > last, func.coalesce(c.state, "").in_(LIVE_STATES))
-                .order_by(c.id)
-                .limit(size)
-            )
             async with self.db.connect() as conn:
-                rows = (await conn.execute(query)).all()
+                rows = await decisions.read_batch(conn, last, size)
             if not rows:
                 return
-            last = int(rows[-1][0])
-            yield [_decision_row(r) for r in rows]
+            last = rows[-1].key
+            yield rows
 
     async def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log back into the file after a large change (no-op on
@@ -259,28 +243,12 @@ class Store:
             await conn.execute(statement, rows)
 
     async def save_decisions(self, changes: Sequence[tuple[DecisionRow, StoredDecision]]) -> None:
-        """Write new decisions (``(row as read, decision to store)`` pairs), and nothing else.
-
-        A row is written only while its state is still the one the decision was made from: a
-        row a deletion moved on meanwhile (to deleting, deleted, or back) is left alone.
-        """
+        """Write new decisions (``(row as read, decision to store)`` pairs), and nothing else:
+        a row whose state moved on since it was read (a deletion) is left alone."""
         if not changes:
             return
-        moved = [(b, a) for b, a in changes if a.state is not b.stored.state]
-        stayed = [(b, a) for b, a in changes if a.state is b.stored.state]
         async with self.db.begin() as conn:
-            # A state in the SET list costs its indexes and the counts trigger on every row,
-            # even unchanged: most decisions of a rules change only move the due time.
-            for group, columns in ((stayed, DECISION), (moved, (*DECISION, "state"))):
-                if group:
-                    # Compiled once a batch (0.3 ms) and sent as positional tuples built here:
-                    # SQLAlchemy's per-row parameter processing was most of a change's time.
-                    compiled = _decision_update(columns).compile(dialect=conn.dialect)
-                    order = [DECISION_PARAMS.index(n) for n in compiled.positiontup or ()]
-                    pick = operator.itemgetter(*order)
-                    when = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
-                    rows = [pick(values) for values in _decision_values(group, when=when)]
-                    await conn.exec_driver_sql(str(compiled), rows)
+            await decisions.write(conn, changes)
 
     async def touch(
         self,
@@ -584,95 +552,3 @@ class Store:
             result = await conn.execute(update(meta).where(meta.c.key == key).values(value=value))
             if result.rowcount == 0:
                 await conn.execute(insert(meta).values(key=key, value=value))
-
-
-DECISION = (
-    "due_at",
-    "rule",
-    "reason",
-    "provisional",
-    "dry_run",
-    "age_from",
-    "grace_until",
-    "approved_at",
-    "dry_run_noted_at",
-)
-
-
-def _decision_update(columns: Sequence[str]) -> Any:
-    """UPDATE the decision's ``columns`` of one row (by the key it was read with: the primary
-    key, the cheapest lookup), while it is in the state decided from."""
-    c = conversations.c
-    return (
-        update(conversations)
-        .where(c.id == bindparam("k_id"), c.state == bindparam("k_state"))
-        .values({name: bindparam(f"v_{name}") for name in columns})
-    )
-
-
-# Every parameter of :func:`_decision_update`, in the order :func:`_decision_values` gives them;
-# a statement takes those it names, in its own order (the table's column order).
-DECISION_PARAMS = (
-    *(f"v_{name}" for name in DECISION), "v_state", "k_id", "k_state",
-)  # fmt: skip
-
-
-def _decision_values(
-    changes: Sequence[tuple[DecisionRow, StoredDecision]], *, when: Callable[[Any], Any] | None
-) -> Iterator[tuple[Any, ...]]:
-    """Each change as :data:`DECISION_PARAMS`: the decision's columns, the state, then the
-    row's key and the state it was decided from (``when`` writes a time for the database)."""
-    t = when or (lambda value: value)
-    for row, d in changes:
-        yield (
-            t(d.due_at), d.rule, d.reason, d.provisional, d.dry_run,
-            d.age_from.value if d.age_from is not None else None,
-            t(d.grace_until), t(d.approved_at), t(d.dry_run_noted_at), d.state.value,
-            row.key, row.stored.state.value,
-        )  # fmt: skip
-
-
-_c = conversations.c
-# What a rules change reads of a row: the id (to page on), the facts, the stored decision.
-DECISION_ROW = (
-    _c.id, _c.agent_id, _c.session_id, _c.name, _c.created_at, _c.updated_at, _c.origin,
-    _c.remote_id, _c.created_by, _c.last_activity_at, _c.ttl_seconds, _c.ttl_from,
-    _c.state, _c.due_at, _c.rule, _c.reason, _c.provisional, _c.dry_run, _c.age_from,
-    _c.grace_until, _c.approved_at, _c.dry_run_noted_at,
-)  # fmt: skip
-_ORIGINS = {o.value: o for o in Origin}
-_STATES = {s.value: s for s in State}
-_CLOCKS = {a.value: a for a in AgeFrom}
-
-
-def _decision_row(r: Any) -> DecisionRow:
-    """A row of :data:`DECISION_ROW` (positional: a rules change reads millions)."""
-    (key, agent_id, session_id, name, created_at, updated_at, origin, remote_id, created_by,
-     last_activity_at, ttl, ttl_from, state, due_at, rule, reason, provisional, dry_run,
-     age_from, grace_until, approved_at, noted) = r  # fmt: skip
-    kind = _ORIGINS[origin]
-    facts = ConversationFacts(
-        agent_id=agent_id,
-        session_id=session_id,
-        name=name,
-        created_at=created_at,
-        updated_at=updated_at,
-        origin=kind,
-        creator=creator_of(kind, remote_id, created_by),
-        last_activity_at=last_activity_at,
-        ttl=timedelta(seconds=ttl) if ttl is not None else None,
-        ttl_from=ttl_from,
-    )
-    stored = StoredDecision(
-        state=_STATES[state],
-        due_at=due_at,
-        rule=rule,
-        reason=reason,
-        provisional=bool(provisional),
-        dry_run=bool(dry_run),
-        age_from=_CLOCKS[age_from] if age_from else None,
-        grace_until=grace_until,
-        approved_at=approved_at,
-        dry_run_noted_at=noted,
-    )
-    return DecisionRow(facts, stored, key)
