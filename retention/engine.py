@@ -121,8 +121,8 @@ class Engine:
                     waiting += waits
                     if after != row.stored:
                         writes.append((row, after))
-                # A batch is written while the next is read and decided: the two cores share
-                # the work. The read waits for this thread; the write does not need it.
+                # The next batch is read and this one written (in the driver's threads) while
+                # the next is decided: the two cores share the work.
                 if saving is not None:
                     await saving
                     saving = None
@@ -134,8 +134,8 @@ class Engine:
             if saving is not None:
                 await saving
         finally:
-            for task in (reading, saving):
-                if task is not None and not task.done():
+            for task in (reading, saving):  # on a failure: stop both, retrieve their errors
+                if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             await batches.aclose()
