@@ -105,7 +105,8 @@ def _read_query(dialect: Dialect, as_json: bool) -> SQLCompiler:
     """The batch query, compiled once per dialect. The state test is wrapped so that no state
     index serves it: SQLite would read every live row through (state, ...) and sort them, per
     batch; the id range of the primary key makes each batch cost its own size. ``as_json``:
-    SQLite's JSON functions fold the batch into one array of arrays, in id order."""
+    SQLite's JSON functions fold the batch into one array of arrays (in an order of SQLite's
+    choosing: :func:`read_batch` sorts it)."""
     query = (
         select(*DECISION_ROW)
         .where(_c.id > bindparam("after"), func.coalesce(_c.state, "").in_(LIVE_STATES))
