@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -56,11 +56,12 @@ stress: $(STAMP)  # the real-process tests (leases, standby, pauses), again and 
 mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py
 
-# The container installs from this lock (exact versions, hashes). Refresh it after changing
+# The container installs from this lock (exact versions, hashes), with the postgres extra
+# (asyncpg) so one image serves SQLite and PostgreSQL stores. Refresh it after changing
 # dependencies; the machine's own pip settings are left out so the lock holds only PyPI.
 lock: $(STAMP)
 	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet \
-	    --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --extra postgres --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
 	    --output-file requirements.lock pyproject.toml
 
 # Build the wheel, install it in a fresh venv outside the repository, migrate a store and run

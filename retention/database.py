@@ -105,7 +105,11 @@ class Database:
         """Copy the live SQLite store to ``target`` (made 0600, never overwritten) with SQLite's
         online backup API: a consistent copy while the daemon goes on writing."""
         if self.path is None:
-            raise ConfigError("only a SQLite store file can be backed up", key="store.url")
+            raise ConfigError(
+                "only a SQLite store file is backed up here; back up a PostgreSQL store with "
+                "its own tools (pg_dump)",
+                key="store.url",
+            )
         await asyncio.to_thread(_backup, self.path, target)
 
     @asynccontextmanager
@@ -150,7 +154,8 @@ def parse_url(url: str) -> URL:
     try:
         dialect.import_dbapi()
     except ImportError:
-        raise StoreError(f"the driver of {parsed.drivername!r} is not installed") from None
+        extra = " (pip install 'retention[postgres]')" if parsed.drivername.endswith("asyncpg") else ""
+        raise StoreError(f"the driver of {parsed.drivername!r} is not installed{extra}") from None
     return parsed
 
 

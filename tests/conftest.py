@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from retention.policy import Hold, Policy, Rules
 from retention.store import Store
 from retention.sweep import EngineOptions
 from retention.web import AdminContext, serve
+from tests.postgres import SETTING, Cluster, Unavailable
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parent.parent
@@ -118,10 +121,73 @@ async def served_config(
         yield path
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (tests/postgres.py), or a skip."""
+    try:
+        cluster = Cluster.start()
+        # Asked for from inside a test's event loop: build the template on a loop of its own.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, cluster.prepare_template()).result()
+    except Unavailable as exc:
+        if SETTING == "require":
+            pytest.fail(f"PostgreSQL is required here (RETENTION_TESTS_POSTGRES): {exc}")
+        pytest.skip(f"the PostgreSQL half: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``sqlite_only`` (it checks the SQLite file itself: its journal mode, its
+    file removed or made immutable) runs on the SQLite store only."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        on_postgres = spec is not None and "postgresql" in spec.params.values()
+        (dropped if on_postgres and item.get_closest_marker("sqlite_only") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(params=BACKENDS)
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store's URL on each backend: a SQLite file (made on first open), or a database of its
+    own on PostgreSQL (a copy of a migrated template)."""
+    async with _database(request, tmp_path, migrated=True) as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+async def blank_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store nobody has opened yet, on each backend: no SQLite file, or an empty database."""
+    async with _database(request, tmp_path, migrated=False) as url:
+        yield url
+
+
+@asynccontextmanager
+async def _database(
+    request: pytest.FixtureRequest, tmp_path: Path, *, migrated: bool
+) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}"
+        return
+    cluster: Cluster = request.getfixturevalue("postgres")
+    url = await cluster.new_database(migrated=migrated)
+    yield url
+    await cluster.drop(url)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A real SQLite file, built by the migrations."""
-    opened = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}")
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """A real store built by the migrations: a SQLite file, or a PostgreSQL database."""
+    opened = await Store.open(store_url)
     yield opened
     await opened.close()
 

@@ -40,7 +40,7 @@ requests_per_minute = 600
 max_attempts = 2
 
 [store]
-url = "sqlite+aiosqlite:///{db}"
+url = "{store}"
 
 [[policies]]
 name = "qa-chats"
@@ -77,8 +77,9 @@ def seeded() -> Emulator:
 
 
 @pytest.fixture
-async def config(seeded: Emulator, tmp_path: Path) -> AsyncIterator[str]:
-    async with served_config(seeded, tmp_path, CONFIG) as path:
+async def config(seeded: Emulator, tmp_path: Path, blank_store_url: str) -> AsyncIterator[str]:
+    """The config of a store nobody has opened: a SQLite file, or an empty PostgreSQL one."""
+    async with served_config(seeded, tmp_path, CONFIG, store=blank_store_url) as path:
         yield str(path)
 
 

@@ -53,11 +53,18 @@ async def count_updates(store: Store) -> None:
     async with store.db.begin() as conn:
         await conn.execute(text("CREATE TABLE updates (n INTEGER NOT NULL)"))
         await conn.execute(text("INSERT INTO updates VALUES (0)"))
-        await conn.execute(
-            text(
-                "CREATE TRIGGER count_updates AFTER UPDATE ON conversations "
-                "BEGIN UPDATE updates SET n = n + 1; END"
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN UPDATE updates SET n = n + 1; RETURN NULL; END $$"
+                )
             )
+            body = "FOR EACH ROW EXECUTE FUNCTION count_update()"
+        else:
+            body = "BEGIN UPDATE updates SET n = n + 1; END"
+        await conn.execute(
+            text(f"CREATE TRIGGER count_updates AFTER UPDATE ON conversations {body}")
         )
 
 

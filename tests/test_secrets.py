@@ -33,6 +33,7 @@ from retention.store import Store
 
 from .conftest import ClientFactory, small_state
 from .daemon_process import free_port, start, stop, until_up, wait_for
+from .postgres import query_now
 
 API_TOKEN = "tok-API-7f3c9e1b5d-SECRET"
 ADMIN_TOKEN = "adm-ADMIN-4b8e2a6c0f-SECRET"
@@ -207,7 +208,7 @@ async def test_every_error_the_client_raises_is_scrubbed_of_both_tokens(
 
 
 async def test_no_token_reaches_the_audit_or_last_error_in_the_store(
-    emulator: Emulator, make_client: ClientFactory, store: Store, tmp_path: Path
+    emulator: Emulator, make_client: ClientFactory, store: Store, store_url: str, tmp_path: Path
 ) -> None:
     """The reproduction from the issue: every DELETE fails with a body echoing the token, and
     each failure is written to ``audit.detail`` and ``conversations.last_error``."""
@@ -219,17 +220,19 @@ async def test_no_token_reaches_the_audit_or_last_error_in_the_store(
     report = await Engine(client, store, Rules((TEST_CHATS,), ())).sweep()
     assert report.failed == len(targets)
 
-    with sqlite3.connect(tmp_path / "retention.db") as db:
-        details = [r[0] for r in db.execute("SELECT detail FROM audit WHERE outcome = 'failed'")]
-        errors = [r[0] for r in db.execute("SELECT last_error FROM conversations")]
-    stored = [t for t in details + errors if t]
+    details = [
+        r[0] for r in query_now(store_url, "SELECT detail FROM audit WHERE outcome = 'failed'")
+    ]
+    errors = [r[0] for r in query_now(store_url, "SELECT last_error FROM conversations")]
+    stored = [str(t) for t in details + errors if t]
     assert len(stored) == 2 * len(targets)
     assert sum(leaks(t) != [] for t in stored) == 0
     assert all("Authorization: Bearer ***" in t for t in stored), stored[:2]
     trail = await store.journal.audit_trail(AGENT, targets[0].session_id)
     assert [a.outcome for a in trail] == [AuditOutcome.FAILED]
-    assert wal_of(tmp_path / "retention.db").exists(), "the WAL is there to be read"
-    assert store_leaks(tmp_path, "retention.db") == {}
+    if store.db.path is not None:  # SQLite: the bytes of the file, its WAL and its index
+        assert wal_of(tmp_path / "retention.db").exists(), "the WAL is there to be read"
+        assert store_leaks(tmp_path, "retention.db") == {}
 
 
 # ---- real processes: `retention once` and `retention run` --------------------------------------

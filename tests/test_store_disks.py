@@ -109,6 +109,7 @@ def chattr(flag: str, *paths: Path) -> None:
         pytest.skip(f"chattr {flag} does not work here: {result.stderr.strip()}")
 
 
+@pytest.mark.sqlite_only
 async def test_read_only_then_writable_recovers_without_a_restart(
     emulator: Emulator, make_engine: EngineFactory, store: Store, immutable: list[Path]
 ) -> None:

@@ -7,11 +7,8 @@ complete walk did not list. The emulator serves a page as a slice of its id-orde
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -33,6 +30,7 @@ from retention.policy import Policy
 from retention.store import Store
 
 from .conftest import EngineFactory, small_state
+from .postgres import query_now
 
 AGENT = 532
 LIST_PATH = f"/api/v1/projects/{AGENT}/conversations"
@@ -51,11 +49,10 @@ def report() -> SweepReport:
     return SweepReport(kind="test", started_at=datetime.now(UTC))
 
 
-def stored_sessions(path: Path) -> set[str]:
-    """What the store file holds now, read without the event loop (from a server hook)."""
-    with closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT session_id FROM conversations WHERE agent_id = ?", (AGENT,))
-        return {r[0] for r in rows}
+def stored_sessions(url: str) -> set[str]:
+    """What the store has committed now, read without the event loop (from a server hook)."""
+    rows = query_now(url, f"SELECT session_id FROM conversations WHERE agent_id = {AGENT}")
+    return {str(r[0]) for r in rows}
 
 
 def newest_first(agent: EmuAgent) -> list[EmuConversation]:
@@ -146,13 +143,13 @@ async def test_arrivals_of_more_than_a_page_are_each_seen_once(
 
 
 async def test_pages_are_stored_while_the_walk_goes_on(
-    emulator: Emulator, make_engine: EngineFactory, store: Store, tmp_path: Path
+    emulator: Emulator, make_engine: EngineFactory, store: Store, store_url: str
 ) -> None:
     pages = [newest_first(emulator.state.agents[AGENT])[n * 10 : n * 10 + 10] for n in range(5)]
     stored_at: dict[int, set[str]] = {}
 
     def look(agent: EmuAgent, page: int) -> None:
-        stored_at[page] = stored_sessions(tmp_path / "retention.db")  # the store fixture's
+        stored_at[page] = stored_sessions(store_url)  # the store fixture's
 
     emulator.before_list.append(look)
     engine = make_engine((TEST_CHATS,))

@@ -317,6 +317,7 @@ async def test_the_breaker_shows_in_readyz_and_metrics_and_approve_releases_it(
     assert (await call(http, "GET", admin + "/readyz"))[1]["breaker"] == []
 
 
+@pytest.mark.sqlite_only
 async def test_a_store_removed_under_the_admin_surface_fails_readiness_and_writes_nothing(
     http: aiohttp.ClientSession, admin: str, store: Store, emulator: Emulator
 ) -> None:
