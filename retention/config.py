@@ -3,6 +3,11 @@
 Every problem becomes one ConfigError line naming the file (or env variable), the key and what
 is wrong. The API token is read from env ``CUSTOMGPT_API_TOKEN`` or ``[api] token_file`` and held
 as a SecretStr: no repr, log line or error message shows it.
+
+One daemon may serve several CustomGPT accounts: each ``[[accounts]]`` entry names its token
+(``token_env`` or ``token_file``) and may set its own ``base_url`` and request budget; the rest
+comes from ``[api]``. Without ``[[accounts]]``, ``[api]`` is the one account, named ``default``.
+Both resolve to :class:`Account` values at load (:meth:`Settings.account_list`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeGuard
@@ -32,7 +38,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from retention.database import parse_url as parse_store_url
 from retention.endpoints import DEFAULT_BASE_URL, check_base_url, is_loopback
 from retention.errors import ConfigError, StoreError
-from retention.models import AgeFrom, Creator, Origin
+from retention.models import DEFAULT_ACCOUNT, AgeFrom, Creator, Origin
 from retention.policy import (
     ALL_AGENTS,
     Hold,
@@ -50,6 +56,8 @@ CONFIG_ENV = "RETENTION_CONFIG"
 TOKEN_ENV = "CUSTOMGPT_API_TOKEN"
 ADMIN_TOKEN_ENV = "RETENTION_ADMIN_TOKEN"
 ENV_PREFIX = "RETENTION_"
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 MAX_DURATION = timedelta(days=365 * 100)  # past this, date arithmetic overflows soon enough
@@ -234,6 +242,83 @@ class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class AccountSpec(_Section):
+    """One ``[[accounts]]`` entry as written. Unset keys take ``[api]``'s values at load."""
+
+    name: str
+    token_env: str | None = None  # the NAME of the env variable that holds the token
+    token_file: Path | None = None
+    base_url: str | None = None
+    requests_per_minute: int | None = Field(None, ge=1, le=6000)
+    burst: int | None = Field(None, ge=1, le=120)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not ACCOUNT_NAME.fullmatch(value):
+            raise ValueError(
+                "must be a lowercase identifier: a-z, 0-9 and _ . - (starting with a letter or "
+                f"digit), at most 63 characters, got {value!r}"
+            )
+        return value
+
+    @field_validator("token_env")
+    @classmethod
+    def _check_token_env(cls, value: str | None) -> str | None:
+        # The value is not echoed: a token pasted here by mistake must not reach a log.
+        if value is not None and not ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an env variable that holds the token (letters, digits and "
+                '_, not starting with a digit, e.g. "ACME_CUSTOMGPT_TOKEN"), not the token itself'
+            )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_base_url(value)
+        return value if value.endswith("/") else value + "/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Account:
+    """One CustomGPT account the daemon serves, resolved at load: its own values where its
+    ``[[accounts]]`` entry sets them, ``[api]``'s otherwise. The token shows in no repr."""
+
+    name: str
+    base_url: str
+    requests_per_minute: int
+    burst: int
+    request_timeout: timedelta
+    connect_timeout: timedelta
+    max_concurrency: int
+    max_attempts: int
+    token: SecretStr | None = field(default=None, repr=False)
+    # Where the token is read from, for people: "env ACME_TOKEN", "file /run/secrets/acme" or
+    # "not set" (``token`` is None when that variable is unset).
+    token_source: str = "not set"
+
+
+def _account_names(value: object) -> object:
+    """A non-empty list of account names, or None (every account)."""
+    if value is None:
+        return None
+    if isinstance(value, list) and not value:
+        raise ValueError("an empty list matches no account; leave accounts out for every account")
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(f'must be a list of account names, e.g. ["acme"], got {value!r}')
+
+
+AccountNames = Annotated[list[str] | None, BeforeValidator(_account_names)]
+
+
+def _account_set(accounts: list[str] | None) -> frozenset[str] | None:
+    return None if accounts is None else frozenset(accounts)
+
+
 def _agents(value: object) -> object:
     """``"*"``, one agent id, or a non-empty list of ids; anything else is explained."""
     if value == ALL_AGENTS:
@@ -256,6 +341,7 @@ class _RuleSpec(_Section):
     name: str = Field(min_length=1)
     name_matches: list[str] = []
     name_regex: str | None = None
+    accounts: AccountNames = None  # None: every account
 
     @field_validator("name_matches")
     @classmethod
@@ -297,6 +383,7 @@ class PolicySpec(_RuleSpec):
             origins=frozenset(self.origins) if self.origins is not None else None,
             confirm_broad=self.confirm_broad,
             dry_run=self.dry_run,
+            accounts=_account_set(self.accounts),
         )
 
 
@@ -311,6 +398,7 @@ class HoldSpec(_RuleSpec):
             name_matches=tuple(self.name_matches),
             name_regex=self.name_regex,
             session_ids=frozenset(self.session_ids),
+            accounts=_account_set(self.accounts),
         )
 
 
@@ -330,9 +418,11 @@ class Settings(BaseSettings):
     safety: SafetySettings = SafetySettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
+    accounts: list[AccountSpec] = []
     policies: list[PolicySpec] = []
     holds: list[HoldSpec] = []
 
+    _accounts: tuple[Account, ...] = PrivateAttr(default=())
     _token: SecretStr | None = PrivateAttr(default=None)
     _admin_token: SecretStr | None = PrivateAttr(default=None)
     _source: str = PrivateAttr(default="")
@@ -352,7 +442,29 @@ class Settings(BaseSettings):
 
     @property
     def token(self) -> SecretStr | None:
+        """The token of the account named ``default``, else of the only account, else None."""
         return self._token
+
+    def account_list(self) -> tuple[Account, ...]:
+        """Every account, in file order; without ``[[accounts]]``, the one named ``default``."""
+        return self._accounts
+
+    def account(self, name: str | None = None) -> Account:
+        """The account named ``name``; with None, the only account. ConfigError otherwise."""
+        names = ", ".join(a.name for a in self._accounts)
+        source = self._source or None
+        if name is None:
+            if len(self._accounts) == 1:
+                return self._accounts[0]
+            if not self._accounts:
+                raise ConfigError("no account: build the settings with load_config", source=source)
+            raise ConfigError(
+                f"several accounts: name one with --account (one of: {names})", source=source
+            )
+        for account in self._accounts:
+            if account.name == name:
+                return account
+        raise ConfigError(f"no account {name!r} (accounts: {names})", source=source)
 
     @property
     def admin_token(self) -> SecretStr | None:
@@ -376,8 +488,19 @@ class Settings(BaseSettings):
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration for a log line: the token shown only as set or not."""
-        data = self.model_dump(mode="json", exclude={"policies", "holds"})
+        data = self.model_dump(mode="json", exclude={"policies", "holds", "accounts"})
         data["api"]["token"] = "set" if self._token is not None else "not set"
+        data["accounts"] = [
+            {
+                "name": a.name,
+                "base_url": a.base_url,
+                "requests_per_minute": a.requests_per_minute,
+                "burst": a.burst,
+                "token": "set" if a.token is not None else "not set",
+                "token_source": a.token_source,
+            }
+            for a in self._accounts
+        ]
         data["admin"]["token"] = "set" if self._admin_token is not None else "not set"
         data["policies"] = [p.name for p in self.policies]
         data["holds"] = [h.name for h in self.holds]
@@ -434,28 +557,24 @@ def load_config(path: Path, *, content: bytes | None = None, from_env: bool = Fa
                 source=source,
                 key=f"{section}.token",
             )
+    _refuse_inline_account_tokens(raw, source)
     settings = _validate(raw, source, env)
     store_url = store_url_beside(settings.store.url, path.parent)
     if store_url != settings.store.url:
         settings = settings.model_copy(
             update={"store": settings.store.model_copy(update={"url": store_url})}
         )
+    _check_accounts(settings, source, env)
+    names = [a.name for a in settings.accounts] or [DEFAULT_ACCOUNT]
     try:
         rules = settings.rules()
-        validate_rules(rules.policies, rules.holds)
+        validate_rules(rules.policies, rules.holds, accounts=names)
     except RuleError as exc:
         raise ConfigError(str(exc), source=source) from None
     settings._source = source
     warnings: list[str] = []
-    settings._token = _read_token(
-        env.get(TOKEN_ENV),
-        settings.api.token_file,
-        path.parent,
-        source,
-        key="api.token_file",
-        env_name=TOKEN_ENV,
-        warnings=warnings,
-    )
+    settings._accounts = _resolve_accounts(settings, path.parent, source, env, warnings)
+    settings._token = _main_token(settings._accounts)
     settings._admin_token = _read_token(
         env.get(ADMIN_TOKEN_ENV),
         settings.admin.token_file,
@@ -467,6 +586,142 @@ def load_config(path: Path, *, content: bytes | None = None, from_env: bool = Fa
     )
     settings._warnings = tuple(warnings)
     return settings
+
+
+def _refuse_inline_account_tokens(raw: dict[str, Any], source: str) -> None:
+    entries = raw.get("accounts")
+    if isinstance(entries, dict):  # [accounts] where [[accounts]] was meant
+        raise ConfigError(
+            "must be a list of tables: write [[accounts]] above each account's keys",
+            source=source,
+            key="accounts",
+        )
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, dict) and "token" in entry:
+            raise ConfigError(
+                "the token never goes in the config file: name the env variable that holds it "
+                "with token_env, or a file with token_file",
+                source=source,
+                key=f"accounts[{index}].token",
+            )
+
+
+def _check_accounts(settings: Settings, source: str, env: Mapping[str, str]) -> None:
+    """What one ``[[accounts]]`` entry cannot check about itself."""
+    if not settings.accounts:
+        return
+    if settings.api.token_file is not None:
+        env_name = f"{ENV_PREFIX}API__TOKEN_FILE"
+        raise ConfigError(
+            "with [[accounts]], each account names its token: token_env or token_file",
+            source=f"env {env_name}" if env_name in env else source,
+            key="api.token_file",
+        )
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(settings.accounts):
+        if spec.name in seen:
+            first = seen[spec.name]
+            raise ConfigError(
+                f"duplicate of accounts[{first}] {spec.name!r}",
+                source=source,
+                key=f"accounts[{index}].name",
+            )
+        seen[spec.name] = index
+        if spec.token_env is not None and spec.token_file is not None:
+            raise ConfigError(
+                "give token_env or token_file, not both: the token comes from one place",
+                source=source,
+                key=f"accounts[{index}].token_file",
+            )
+
+
+def _resolve_accounts(
+    settings: Settings, base: Path, source: str, env: Mapping[str, str], warnings: list[str]
+) -> tuple[Account, ...]:
+    """Every account with ``[api]``'s values where it sets none, and its token read."""
+    api = settings.api
+    if not settings.accounts:
+        token = _read_token(
+            env.get(TOKEN_ENV),
+            api.token_file,
+            base,
+            source,
+            key="api.token_file",
+            env_name=TOKEN_ENV,
+            warnings=warnings,
+        )
+        if (env.get(TOKEN_ENV) or "").strip():
+            where = f"env {TOKEN_ENV}"
+        elif api.token_file is not None:
+            where = f"file {_token_path(api.token_file, base)}"
+        else:
+            where = "not set"
+        return (_account(api, AccountSpec(name=DEFAULT_ACCOUNT), token, where),)
+    accounts = []
+    for index, spec in enumerate(settings.accounts):
+        if spec.token_env is not None:
+            token = _read_token(
+                env.get(spec.token_env),
+                None,
+                base,
+                source,
+                key=f"accounts[{index}].token_env",
+                env_name=spec.token_env,
+                warnings=warnings,
+            )
+            where = f"env {spec.token_env}"
+            if token is None:
+                warnings.append(
+                    f"account {spec.name!r}: env {spec.token_env} is not set "
+                    "(plan, once and run need the token)"
+                )
+        elif spec.token_file is not None:
+            token = _read_token(
+                None,
+                spec.token_file,
+                base,
+                source,
+                key=f"accounts[{index}].token_file",
+                env_name="",
+                warnings=warnings,
+            )
+            where = f"file {_token_path(spec.token_file, base)}"
+        else:
+            token, where = None, "not set"
+            warnings.append(
+                f"account {spec.name!r}: no token: set token_env or token_file "
+                "(plan, once and run need the token)"
+            )
+        accounts.append(_account(api, spec, token, where))
+    return tuple(accounts)
+
+
+def _account(api: ApiSettings, spec: AccountSpec, token: SecretStr | None, where: str) -> Account:
+    """The account's own base_url and budget where it sets them; the rest is [api]'s."""
+    return Account(
+        name=spec.name,
+        base_url=spec.base_url if spec.base_url is not None else api.base_url,
+        requests_per_minute=(
+            spec.requests_per_minute
+            if spec.requests_per_minute is not None
+            else api.requests_per_minute
+        ),
+        burst=spec.burst if spec.burst is not None else api.burst,
+        request_timeout=api.request_timeout,
+        connect_timeout=api.connect_timeout,
+        max_concurrency=api.max_concurrency,
+        max_attempts=api.max_attempts,
+        token=token,
+        token_source=where,
+    )
+
+
+def _main_token(accounts: tuple[Account, ...]) -> SecretStr | None:
+    """``Settings.token``: the account named default's, else the only account's, else None."""
+    for account in accounts:
+        if account.name == DEFAULT_ACCOUNT:
+            return account.token
+    return accounts[0].token if len(accounts) == 1 else None
 
 
 def _not_found(path: Path, *, from_env: bool) -> str:
@@ -507,9 +762,19 @@ def _validate(raw: dict[str, Any], source: str, env: Mapping[str, str]) -> Setti
     try:
         return Settings(**raw)
     except ValidationError as exc:
-        raise readable_error(
+        error = readable_error(
             exc, raw, source=source, env=env, env_prefix=ENV_PREFIX, model=Settings
-        ) from None
+        )
+        raise _indexed(error) from None
+
+
+def _indexed(error: ConfigError) -> ConfigError:
+    """``accounts.1.name`` -> ``accounts[1].name``, as the accounts' other errors name keys."""
+    found = re.fullmatch(r"accounts\.(\d+)(\..+)?", error.key or "")
+    if found is None:
+        return error
+    key = f"accounts[{found[1]}]{found[2] or ''}"
+    return ConfigError(error.problem, source=error.source, key=key)
 
 
 def _read_token(
@@ -536,7 +801,7 @@ def _read_token(
         return SecretStr(value)
     if token_file is None:
         return None
-    file = token_file if token_file.is_absolute() else base / token_file
+    file = _token_path(token_file, base)
     try:
         data = file.read_bytes()
         mode = file.stat().st_mode
@@ -569,6 +834,11 @@ def _read_token(
             f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it"
         )
     return SecretStr(text)
+
+
+def _token_path(token_file: Path, base: Path) -> Path:
+    """A token file named relative to the config file's folder, or absolute."""
+    return token_file if token_file.is_absolute() else base / token_file
 
 
 def _one_line(token: str) -> bool:

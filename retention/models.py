@@ -180,6 +180,9 @@ class State(enum.StrEnum):
 TERMINAL_STATES = frozenset({State.DELETED, State.GONE})
 # The states of a conversation still tracked (not finished), as stored.
 LIVE_STATES = (State.ACTIVE.value, State.HELD.value, State.DELETING.value)
+# The account of a config without [[accounts]] (its [api] section), and of every row stored
+# before there were accounts (migration 0010).
+DEFAULT_ACCOUNT = "default"
 
 
 class AuditOutcome(enum.StrEnum):

@@ -15,7 +15,7 @@ import fnmatch
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -107,11 +107,18 @@ def compile_regex(pattern: str) -> re2._Regexp[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class Matcher:
-    """What policies and holds share: agents, name globs, name regex. All given must accept."""
+    """What policies and holds share: accounts, agents, name globs, name regex. All given must
+    accept."""
 
     agents: frozenset[int] | None = None  # None means every agent ("*")
     name_matches: tuple[str, ...] = ()
     name_regex: str | None = None
+    # The accounts (their config names) the rule applies in; None means every account. Facts
+    # carry no account: one account's decisions are made with Rules.for_account(its name).
+    # Part of the rule's identity (eq, hash) but not of its repr, so rules written before
+    # accounts existed keep the fingerprint their stores hold (Rules.fingerprint adds accounts
+    # when any rule names some).
+    accounts: frozenset[str] | None = field(default=None, repr=False)
     _globs: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _regex: re2._Regexp[str] | None = field(init=False, repr=False, compare=False)
 
@@ -122,6 +129,9 @@ class Matcher:
 
     def accepts_agent(self, agent_id: int) -> bool:
         return self.agents is None or agent_id in self.agents
+
+    def accepts_account(self, account: str) -> bool:
+        return self.accounts is None or account in self.accounts
 
     def accepts_name(self, name: str) -> bool:
         if self._globs and not any(g.match(name) for g in self._globs):
@@ -213,9 +223,21 @@ class Rules:
     def decide(self, facts: ConversationFacts, now: datetime) -> Decision:
         return decide(facts, policies=self.policies, holds=self.holds, now=now)
 
+    def for_account(self, account: str) -> Rules:
+        """The policies and holds that apply in ``account``, in the same order."""
+        return Rules(
+            tuple(p for p in self.policies if p.accepts_account(account)),
+            tuple(h for h in self.holds if h.accepts_account(account)),
+        )
+
     def fingerprint(self, *, dry_run: bool) -> str:
         """Changes whenever the rules (or the global dry-run) change: re-evaluate then."""
-        text = repr((self.policies, self.holds, dry_run))
+        parts: tuple[object, ...] = (self.policies, self.holds, dry_run)
+        rules: tuple[Matcher, ...] = (*self.policies, *self.holds)
+        if any(rule.accounts is not None for rule in rules):
+            # Only then: rules without accounts keep the fingerprint they had before them.
+            parts += (tuple(None if r.accounts is None else sorted(r.accounts) for r in rules),)
+        text = repr(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def depends_on(self, facts: ConversationFacts, decision: Decision) -> frozenset[Fact]:
@@ -251,10 +273,21 @@ class Rules:
         return frozenset(a for p in self.policies for a in (p.agents or ()))
 
 
-def validate_rules(policies: Sequence[Policy], holds: Sequence[Hold] = ()) -> None:
-    """Check what a single rule cannot check about itself. Raises RuleError on the first problem."""
+def validate_rules(
+    policies: Sequence[Policy],
+    holds: Sequence[Hold] = (),
+    *,
+    accounts: Collection[str] | None = None,
+) -> None:
+    """Check what a single rule cannot check about itself. Raises RuleError on the first problem.
+
+    ``accounts``: the accounts configured, in file order; every account a rule names must be one
+    of them (None: not checked).
+    """
     _check_names("policies", [p.name for p in policies])
     _check_names("holds", [h.name for h in holds])
+    _check_accounts("policies", policies, accounts)
+    _check_accounts("holds", holds, accounts)
     for index, policy in enumerate(policies):
         if policy.name == TTL_RULE:
             raise RuleError("policies", index, policy.name, "name", f"{TTL_RULE!r} is reserved")
@@ -269,6 +302,33 @@ def validate_rules(policies: Sequence[Policy], holds: Sequence[Hold] = ()) -> No
                 f"applies to every conversation of every agent (any name, creator and origin) "
                 f"with max_age {format_duration(policy.max_age)} (1 day or less); narrow it or "
                 "set confirm_broad = true",
+            )
+
+
+def _check_accounts(
+    section: str, rules: Sequence[Policy | Hold], known: Collection[str] | None
+) -> None:
+    for index, rule in enumerate(rules):
+        if rule.accounts is None:
+            continue
+        if not rule.accounts:
+            raise RuleError(
+                section,
+                index,
+                rule.name,
+                "accounts",
+                "an empty list matches no account; leave accounts out for every account",
+            )
+        if known is None:
+            continue
+        unknown = sorted(rule.accounts.difference(known))
+        if unknown:
+            raise RuleError(
+                section,
+                index,
+                rule.name,
+                "accounts",
+                f"unknown account {unknown[0]!r} (accounts: {', '.join(known)})",
             )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -462,6 +463,82 @@ def test_the_fingerprint_changes_with_the_rules_and_nothing_else() -> None:
     assert print_ not in others and len(others) == 4
 
 
+# ---- accounts -------------------------------------------------------------------------------
+
+ACME, GLOBEX = frozenset({"acme"}), frozenset({"globex"})
+
+
+def test_rules_for_an_account_keep_its_policies_and_holds_in_order() -> None:
+    rules = Rules(
+        (replace(QA, accounts=ACME), IDLE, replace(TICKETS, accounts=GLOBEX | ACME)),
+        (replace(LEGAL, accounts=GLOBEX), ONE),
+    )
+    acme, globex, other = (rules.for_account(n) for n in ("acme", "globex", "initech"))
+    assert [p.name for p in acme.policies] == ["qa", "idle", "tickets"]
+    assert [h.name for h in acme.holds] == ["one"]
+    assert [p.name for p in globex.policies] == ["idle", "tickets"]
+    assert [h.name for h in globex.holds] == ["legal", "one"]
+    assert [p.name for p in other.policies] == ["idle"] and other.holds == (ONE,)
+    assert Rules(POLICIES, HOLDS).for_account("acme") == Rules(POLICIES, HOLDS), "None: every one"
+
+
+def test_a_rules_accounts_are_part_of_its_identity_and_of_the_fingerprint() -> None:
+    assert replace(QA, accounts=ACME) != QA and replace(QA, accounts=ACME) != replace(
+        QA, accounts=GLOBEX
+    )
+    assert len({LEGAL, replace(LEGAL, accounts=ACME), replace(LEGAL, accounts=ACME)}) == 2
+    prints = {
+        Rules((QA,), (LEGAL,)).fingerprint(dry_run=False),
+        Rules((replace(QA, accounts=ACME),), (LEGAL,)).fingerprint(dry_run=False),
+        Rules((replace(QA, accounts=GLOBEX),), (LEGAL,)).fingerprint(dry_run=False),
+        Rules((QA,), (replace(LEGAL, accounts=ACME),)).fingerprint(dry_run=False),
+    }
+    assert len(prints) == 4
+
+
+def test_account_filtered_rules_differ_in_fingerprint_when_different_rules_apply() -> None:
+    rules = Rules((replace(QA, accounts=ACME), IDLE), (replace(LEGAL, accounts=GLOBEX),))
+    acme, globex = rules.for_account("acme"), rules.for_account("globex")
+    assert acme.fingerprint(dry_run=False) != globex.fingerprint(dry_run=False)
+    same = Rules((replace(QA, accounts=ACME), IDLE), ()).for_account("acme")
+    assert same.fingerprint(dry_run=False) == acme.fingerprint(dry_run=False)
+
+
+def test_rules_without_accounts_keep_the_fingerprint_they_had_before_accounts() -> None:
+    """A store holds the fingerprint of its rules: an upgrade must not make them look edited."""
+    assert "accounts" not in repr(QA) + repr(LEGAL)
+    text = repr((POLICIES, HOLDS, False))
+    expected = hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert Rules(POLICIES, HOLDS).fingerprint(dry_run=False) == expected
+
+
+@pytest.mark.parametrize(
+    ("policies", "holds", "expected"),
+    [
+        ((replace(QA, accounts=ACME),), (), "policies[0] 'qa': accounts: unknown account 'acme'"),
+        ((), (ONE, replace(LEGAL, accounts=ACME | GLOBEX)), "holds[1] 'legal': accounts: unknown"),
+        ((replace(QA, accounts=frozenset()),), (), "accounts: an empty list matches no account"),
+    ],
+)
+def test_rules_may_name_only_accounts_that_exist(
+    policies: tuple[Policy, ...], holds: tuple[Hold, ...], expected: str
+) -> None:
+    with pytest.raises(RuleError) as caught:
+        validate_rules(policies, holds, accounts=["default", "initech"])
+    assert expected in str(caught.value)
+    assert caught.value.key == "accounts"
+    validate_rules(
+        tuple(replace(p, accounts=None) for p in policies),
+        tuple(replace(h, accounts=None) for h in holds),
+        accounts=["default"],
+    )
+
+
+def test_the_unknown_account_message_lists_the_accounts_in_their_order() -> None:
+    with pytest.raises(RuleError, match=r"unknown account 'acme' \(accounts: zeta, alpha\)"):
+        validate_rules((replace(QA, accounts=ACME),), accounts=["zeta", "alpha"])
+
+
 # ---- properties -----------------------------------------------------------------------------
 
 names = st.sampled_from(["Test 1", "test-2", "QA-9", "LEGAL 4", "Customer", "", "Renamed x"])
@@ -581,6 +658,22 @@ def test_a_conversation_a_regex_hold_selects_is_held(
     assert (decision.kind is DecisionKind.HELD) is selected
     if selected:
         assert not decision.is_due(now)
+
+
+account_sets = st.one_of(st.none(), st.frozensets(st.sampled_from(["a", "b", "c"]), min_size=1))
+
+
+@given(policies_st, holds_st, st.data(), st.sampled_from(["a", "b", "c", "d"]))
+def test_an_accounts_rules_are_exactly_those_naming_it_or_none(
+    policies: list[Policy], holds: list[Hold], data: st.DataObject, account: str
+) -> None:
+    policies = [replace(p, accounts=data.draw(account_sets)) for p in policies]
+    holds = [replace(h, accounts=data.draw(account_sets)) for h in holds]
+    mine = Rules(tuple(policies), tuple(holds)).for_account(account)
+    assert list(mine.policies) == [
+        p for p in policies if p.accounts is None or account in p.accounts
+    ]
+    assert list(mine.holds) == [h for h in holds if h.accounts is None or account in h.accounts]
 
 
 # ---- which facts a decision to delete rests on ------------------------------------------------
