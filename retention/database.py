@@ -154,7 +154,9 @@ def parse_url(url: str) -> URL:
     try:
         dialect.import_dbapi()
     except ImportError:
-        extra = " (pip install 'retention[postgres]')" if parsed.drivername.endswith("asyncpg") else ""
+        extra = (
+            " (pip install 'retention[postgres]')" if parsed.drivername.endswith("asyncpg") else ""
+        )
         raise StoreError(f"the driver of {parsed.drivername!r} is not installed{extra}") from None
     return parsed
 

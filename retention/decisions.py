@@ -74,9 +74,10 @@ _CLOCKS = {a.value: a for a in AgeFrom}
 
 
 async def read_batch(
-    conn: AsyncConnection, after: int, size: int, *, portable: bool = False
+    conn: AsyncConnection, account: str, after: int, size: int, *, portable: bool = False
 ) -> list[DecisionRow]:
-    """Up to ``size`` live rows (active, held, deleting) with ids above ``after``, in id order.
+    """Up to ``size`` live rows (active, held, deleting) of ``account`` with ids above
+    ``after``, in id order.
 
     Sent as the driver's own SQL: the rows come back as plain values, and only the times that
     are set are converted. On SQLite (unless ``portable``) the batch comes back as one JSON
@@ -86,7 +87,7 @@ async def read_batch(
     dialect = conn.dialect
     sqlite = dialect.name == "sqlite" and SQLITE_JSON and not portable
     compiled = _read_query(dialect, sqlite)
-    state = compiled.construct_expanded_state({"after": after, "size": size})
+    state = compiled.construct_expanded_state({"account": account, "after": after, "size": size})
     if state.positiontup is not None:
         result = await conn.exec_driver_sql(state.statement, state.positional_parameters)
     else:
@@ -109,7 +110,11 @@ def _read_query(dialect: Dialect, as_json: bool) -> SQLCompiler:
     choosing: :func:`read_batch` sorts it)."""
     query = (
         select(*DECISION_ROW)
-        .where(_c.id > bindparam("after"), func.coalesce(_c.state, "").in_(LIVE_STATES))
+        .where(
+            _c.id > bindparam("after"),
+            _c.account == bindparam("account"),
+            func.coalesce(_c.state, "").in_(LIVE_STATES),
+        )
         .order_by(_c.id)
         .limit(bindparam("size"))
     )

@@ -19,7 +19,7 @@ from retention.deletion import delete_due, delete_these, refresh_if_stale
 from retention.discovery import discover_all
 from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
-from retention.models import PlanItem, State, SweepReport, TrackedConversation
+from retention.models import DEFAULT_ACCOUNT, PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules, explain
 from retention.redecision import DecisionRow, redecide
 from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
@@ -63,8 +63,17 @@ class Engine:
     def rules(self) -> Rules:
         return self.context.rules
 
+    @property
+    def account(self) -> str:
+        """The account this engine works in (its store's)."""
+        return self.store.account
+
     def clock(self) -> datetime:
         return self.context.clock()
+
+    def _meta_key(self, key: str) -> str:
+        """A store-wide setting of this account's: the default account's keep their old names."""
+        return key if self.account == DEFAULT_ACCOUNT else f"{key}:{self.account}"
 
     def stop(self) -> None:
         """Take no new item: running sweeps finish the one in hand and return."""
@@ -83,11 +92,11 @@ class Engine:
     async def _apply_rules(self) -> int:
         context = self.context
         fingerprint = context.rules.fingerprint(dry_run=context.options.dry_run)
-        previous = await self.store.get_meta(RULES_KEY)
-        first = await self.store.get_meta(FIRST_RULES_KEY)
+        previous = await self.store.get_meta(self._meta_key(RULES_KEY))
+        first = await self.store.get_meta(self._meta_key(FIRST_RULES_KEY))
         if previous is None and first is None:
             context.still_the_writer()
-            await self.store.set_meta(FIRST_RULES_KEY, first := fingerprint)
+            await self.store.set_meta(self._meta_key(FIRST_RULES_KEY), first := fingerprint)
         # Rules the store has always had bring no agent into scope by an edit, even when a
         # first walk was cut short (a restart, a takeover). A store from before this key
         # existed cannot tell: it counts as edited, which only holds back longer.
@@ -140,7 +149,7 @@ class Engine:
                     await asyncio.gather(task, return_exceptions=True)
             await batches.aclose()
         context.still_the_writer()
-        await self.store.set_meta(RULES_KEY, fingerprint)
+        await self.store.set_meta(self._meta_key(RULES_KEY), fingerprint)
         if changed:
             await self.store.checkpoint()
             logger.info("rules changed: %d decisions changed and were written", changed)

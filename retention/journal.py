@@ -31,8 +31,9 @@ STORE_ID_KEY = "store_id"
 class Journal:
     """The audit trail, the sweep log and the figures ``status`` and ``/metrics`` show."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, account: str) -> None:
         self.db = db
+        self.account = account  # the account whose records these are
         self._store_id: str | None = None  # the store's own id, as first read
 
     async def check_identity(self) -> str | None:
@@ -62,6 +63,7 @@ class Journal:
             await conn.execute(
                 insert(audit).values(
                     at=record.at,
+                    account=self.account,
                     agent_id=record.agent_id,
                     session_id=record.session_id,
                     name=record.name,
@@ -76,7 +78,7 @@ class Journal:
     async def audit_trail(
         self, agent_id: int | None = None, session_id: str | None = None
     ) -> list[AuditRecord]:
-        query = select(audit)
+        query = select(audit).where(audit.c.account == self.account)
         if agent_id is not None:
             query = query.where(audit.c.agent_id == agent_id)
         if session_id is not None:
@@ -91,7 +93,10 @@ class Journal:
         async with self.db.begin() as conn:
             result = await conn.execute(
                 insert(sweeps).values(
-                    kind=report.kind, dry_run=report.dry_run, started_at=report.started_at
+                    account=self.account,
+                    kind=report.kind,
+                    dry_run=report.dry_run,
+                    started_at=report.started_at,
                 )
             )
         key = result.inserted_primary_key
@@ -119,7 +124,12 @@ class Journal:
 
     async def last_sweeps(self, limit: int = 10) -> list[SweepRecord]:
         """The newest sweeps first."""
-        query = select(sweeps).order_by(sweeps.c.id.desc()).limit(limit)
+        query = (
+            select(sweeps)
+            .where(sweeps.c.account == self.account)
+            .order_by(sweeps.c.id.desc())
+            .limit(limit)
+        )
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [sweep_from_row(r._mapping) for r in rows]
@@ -135,7 +145,10 @@ class Journal:
         deleted in a day, which the request budget bounds).
         """
         c = conversations
-        is_due = and_(c.c.state.in_([State.ACTIVE.value, State.DELETING.value]), c.c.due_at <= now)
+        mine = c.c.account == self.account
+        is_due = and_(
+            c.c.state.in_([State.ACTIVE.value, State.DELETING.value]), c.c.due_at <= now, mine
+        )
         overdue = and_(c.c.due_at <= now - overdue_after, _not_in_grace(c, now))
         due_query = (
             select(
@@ -149,11 +162,15 @@ class Journal:
         )
         recent_query = (
             select(c.c.agent_id, func.count())
-            .where(c.c.state == State.DELETED.value, c.c.finished_at >= now - timedelta(days=1))
+            .where(
+                c.c.state == State.DELETED.value,
+                c.c.finished_at >= now - timedelta(days=1),
+                mine,
+            )
             .group_by(c.c.agent_id)
         )
         async with self.db.connect() as conn:
-            counts = await live_counts(conn)
+            counts = await live_counts(conn, self.account)
             due = {int(r[0]): r[1:] for r in (await conn.execute(due_query)).all()}
             recent = {int(r[0]): int(r[1]) for r in (await conn.execute(recent_query)).all()}
         out = []
@@ -168,11 +185,13 @@ class Journal:
         return out
 
 
-async def live_counts(conn: AsyncConnection) -> dict[int, tuple[int, int]]:
-    """Per agent: (live, held) conversations, from the counts the triggers keep exact."""
-    query = select(
-        conversation_counts.c.agent_id, conversation_counts.c.state, conversation_counts.c.n
-    ).where(conversation_counts.c.state.in_(LIVE_STATES), conversation_counts.c.n > 0)
+async def live_counts(conn: AsyncConnection, account: str) -> dict[int, tuple[int, int]]:
+    """Per agent of ``account``: (live, held) conversations, from the counts the triggers keep
+    exact."""
+    k = conversation_counts.c
+    query = select(k.agent_id, k.state, k.n).where(
+        k.account == account, k.state.in_(LIVE_STATES), k.n > 0
+    )
     out: dict[int, tuple[int, int]] = {}
     for agent_id, state, n in (await conn.execute(query)).all():
         live, held = out.get(int(agent_id), (0, 0))

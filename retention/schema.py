@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 from retention.models import (
+    DEFAULT_ACCOUNT,
     AgeFrom,
     AgentRecord,
     AuditOutcome,
@@ -90,11 +91,22 @@ def _as_utc(value: datetime | None) -> datetime | None:
 metadata = MetaData()
 # The migration these tables mirror: the head of migrations/versions (a test checks it), known
 # without parsing the migration scripts, which read-only commands and /readyz would pay for.
-REVISION = "0009"
+REVISION = "0010"
+
+# Every row names its CustomGPT account (migration 0010): agent ids are unique only within one.
+# The server default is the account of a config without [[accounts]]; the store always names it.
+
+
+def _account(*, key: bool = False) -> Column[str]:
+    return Column(
+        "account", String(64), nullable=False, primary_key=key, server_default=DEFAULT_ACCOUNT
+    )
+
 
 agents = Table(
     "agents",
     metadata,
+    _account(key=True),
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("name", String(255), nullable=False, server_default=""),
     Column("sync_cursor", Integer, nullable=True),
@@ -110,6 +122,7 @@ conversations = Table(
     "conversations",
     metadata,
     Column("id", Integer, primary_key=True),
+    _account(),
     Column("agent_id", Integer, nullable=False),
     Column("session_id", String(64), nullable=False),
     Column("remote_id", Integer, nullable=True),
@@ -139,10 +152,12 @@ conversations = Table(
     Column("finished_at", UTCDateTime, nullable=True),
     Column("facts_at", UTCDateTime, nullable=True),
     Column("approved_at", UTCDateTime, nullable=True),
-    UniqueConstraint("agent_id", "session_id", name="uq_conversations_agent_session"),
+    UniqueConstraint(
+        "account", "agent_id", "session_id", name="uq_conversations_account_agent_session"
+    ),
     # The due set is read through this index: its cost follows the number due, not tracked.
     Index("ix_conversations_state_due", "state", "due_at"),
-    Index("ix_conversations_agent_state", "agent_id", "state"),
+    Index("ix_conversations_account_agent_state", "account", "agent_id", "state"),
     # Deleted in the last day (status, metrics): its cost follows recent deletions.
     Index("ix_conversations_state_finished", "state", "finished_at"),
 )
@@ -153,6 +168,7 @@ conversations = Table(
 conversation_counts = Table(
     "conversation_counts",
     metadata,
+    Column("account", String(64), primary_key=True),
     Column("agent_id", Integer, primary_key=True, autoincrement=False),
     Column("state", String(16), primary_key=True),
     Column("requested", Boolean, primary_key=True),
@@ -164,6 +180,7 @@ audit = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("at", UTCDateTime, nullable=False),
+    _account(),
     Column("agent_id", Integer, nullable=False),
     Column("session_id", String(64), nullable=False),
     Column("name", String(512), nullable=False, server_default=""),
@@ -172,7 +189,7 @@ audit = Table(
     Column("outcome", String(16), nullable=False),
     Column("detail", Text, nullable=True),
     Column("sweep_id", Integer, nullable=True),
-    Index("ix_audit_conversation", "agent_id", "session_id"),
+    Index("ix_audit_conversation", "account", "agent_id", "session_id"),
     Index("ix_audit_at", "at"),
 )
 
@@ -180,6 +197,7 @@ sweeps = Table(
     "sweeps",
     metadata,
     Column("id", Integer, primary_key=True),
+    _account(),
     Column("kind", String(16), nullable=False),
     Column("dry_run", Boolean, nullable=False, server_default="0"),
     Column("started_at", UTCDateTime, nullable=False),

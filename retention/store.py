@@ -29,6 +29,7 @@ from retention.errors import ConfigError, LeaseLost, StoreError
 from retention.journal import Journal, live_counts
 from retention.migrate import current_revision, upgrade_to_head
 from retention.models import (
+    DEFAULT_ACCOUNT,
     LIVE_STATES,
     TTL_RULE,
     AgentRecord,
@@ -57,12 +58,25 @@ STORE_ID_KEY = "store_id"
 class Store:
     """All reads and writes of the local database. Build it with :meth:`open`.
 
-    The audit trail, the sweep log and the figures are its :attr:`journal`'s.
+    A store reads and writes the rows of one account (:attr:`account`; ``default`` unless
+    told): agent ids are unique only within an account, so every statement names it.
+    :meth:`for_account` gives the same database seen as another account. The audit trail, the
+    sweep log and the figures are its :attr:`journal`'s.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, account: str = DEFAULT_ACCOUNT) -> None:
         self.db = db
-        self.journal = Journal(db)
+        self.account = account
+        self.journal = Journal(db, account)
+        self._owns_db = True
+
+    def for_account(self, account: str) -> Store:
+        """This store's database, seen as ``account``'s (closing it leaves the database open)."""
+        if account == self.account:
+            return self
+        view = Store(self.db, account)
+        view._owns_db = False
+        return view
 
     @classmethod
     async def open(
@@ -97,7 +111,8 @@ class Store:
             )
 
     async def close(self) -> None:
-        await self.db.close()
+        if self._owns_db:
+            await self.db.close()
 
     # ---- schema ------------------------------------------------------------------------------
 
@@ -122,13 +137,16 @@ class Store:
 
     async def agent(self, agent_id: int) -> AgentRecord | None:
         async with self.db.connect() as conn:
-            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
+            query = select(agents).where(agents.c.account == self.account, agents.c.id == agent_id)
+            row = (await conn.execute(query)).first()
         return agent_from_row(row._mapping) if row else None
 
     async def all_agents(self) -> dict[int, AgentRecord]:
         """Every agent the store knows (one row per agent: a small table), by id."""
         async with self.db.connect() as conn:
-            rows = (await conn.execute(select(agents))).all()
+            rows = (
+                await conn.execute(select(agents).where(agents.c.account == self.account))
+            ).all()
         return {int(r.id): agent_from_row(r._mapping) for r in rows}
 
     async def save_agent(self, record: AgentRecord, *, now: datetime) -> None:
@@ -143,10 +161,16 @@ class Store:
         }
         async with self.db.begin() as conn:
             result = await conn.execute(
-                update(agents).where(agents.c.id == record.id).values(**values)
+                update(agents)
+                .where(agents.c.account == self.account, agents.c.id == record.id)
+                .values(**values)
             )
             if result.rowcount == 0:
-                await conn.execute(insert(agents).values(id=record.id, first_seen=now, **values))
+                await conn.execute(
+                    insert(agents).values(
+                        account=self.account, id=record.id, first_seen=now, **values
+                    )
+                )
 
     # ---- conversations -----------------------------------------------------------------------
 
@@ -157,7 +181,7 @@ class Store:
         states: Iterable[State] | None = None,
         session_ids: Iterable[str] | None = None,
     ) -> list[TrackedConversation]:
-        query = select(conversations)
+        query = select(conversations).where(conversations.c.account == self.account)
         if agent_id is not None:
             query = query.where(conversations.c.agent_id == agent_id)
         if states is not None:
@@ -181,7 +205,7 @@ class Store:
         last = 0
         while True:
             async with self.db.connect() as conn:
-                rows = await decisions.read_batch(conn, last, size)
+                rows = await decisions.read_batch(conn, self.account, last, size)
             if not rows:
                 return
             last = rows[-1].key
@@ -198,7 +222,12 @@ class Store:
         k = conversation_counts.c
         query = (
             select(k.agent_id)
-            .where(k.requested.is_(True), k.state.in_(LIVE_STATES), k.n > 0)
+            .where(
+                k.account == self.account,
+                k.requested.is_(True),
+                k.state.in_(LIVE_STATES),
+                k.n > 0,
+            )
             .distinct()
         )
         async with self.db.connect() as conn:
@@ -206,7 +235,9 @@ class Store:
 
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None:
         query = select(conversations).where(
-            conversations.c.agent_id == agent_id, conversations.c.session_id == session_id
+            conversations.c.account == self.account,
+            conversations.c.agent_id == agent_id,
+            conversations.c.session_id == session_id,
         )
         async with self.db.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -216,7 +247,12 @@ class Store:
         if not items:
             return
         rows = [
-            {**conversation_row(c), "first_seen": c.first_seen or now, "last_seen": now}
+            {
+                **conversation_row(c),
+                "account": self.account,
+                "first_seen": c.first_seen or now,
+                "last_seen": now,
+            }
             for c in items
         ]
         async with self.db.begin() as conn:
@@ -234,6 +270,7 @@ class Store:
         statement = (
             update(conversations)
             .where(
+                conversations.c.account == self.account,
                 conversations.c.agent_id == bindparam("k_agent"),
                 conversations.c.session_id == bindparam("k_session"),
             )
@@ -266,6 +303,7 @@ class Store:
         statement = (
             update(conversations)
             .where(
+                conversations.c.account == self.account,
                 conversations.c.agent_id == agent_id,
                 conversations.c.session_id == bindparam("k_session"),
             )
@@ -287,6 +325,7 @@ class Store:
         statement = (
             update(conversations)
             .where(
+                c.account == self.account,
                 c.agent_id == agent_id,
                 c.state.in_([State.ACTIVE.value, State.HELD.value]),
                 c.first_seen < unseen_since,
@@ -315,9 +354,13 @@ class Store:
         unless asked for. Where the breaker stops deletion (everywhere with ``approved_only``,
         or in the agents ``approved_only_in``) only approved conversations are due.
         """
-        unfinished = select(conversations).where(conversations.c.state == State.DELETING.value)
+        mine = conversations.c.account == self.account
+        unfinished = select(conversations).where(
+            conversations.c.state == State.DELETING.value, mine
+        )
         due = select(conversations).where(
             conversations.c.state == State.ACTIVE.value,
+            mine,
             conversations.c.due_at <= now,
         )
         if skip_dry_run_noted:
@@ -348,6 +391,7 @@ class Store:
         c = conversations.c
         takes = and_(
             c.state == State.ACTIVE.value,
+            c.account == self.account,
             c.due_at <= now,
             c.approved_at.is_(None),
             c.dry_run.is_(False),
@@ -366,7 +410,7 @@ class Store:
             .group_by(c.agent_id)
         )
         async with self.db.connect() as conn:
-            counts = await live_counts(conn)
+            counts = await live_counts(conn, self.account)
             due = {int(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in await conn.execute(query)}
         return [
             AgentDue(agent_id, *due.get(agent_id, (0, 0)), live)
@@ -381,6 +425,7 @@ class Store:
         statement = (
             update(conversations)
             .where(
+                c.account == self.account,
                 c.state == State.ACTIVE.value,
                 c.due_at <= now,
                 c.approved_at.is_(None),
@@ -416,7 +461,11 @@ class Store:
             values["attempts"] = conversations.c.attempts + 1
         statement = (
             update(conversations)
-            .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
+            .where(
+                conversations.c.account == self.account,
+                conversations.c.agent_id == agent_id,
+                conversations.c.session_id == session_id,
+            )
             .values(**values)
         )
         if fence is not None:
@@ -505,7 +554,11 @@ class Store:
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None:
         statement = (
             update(conversations)
-            .where(conversations.c.agent_id == agent_id, conversations.c.session_id == session_id)
+            .where(
+                conversations.c.account == self.account,
+                conversations.c.agent_id == agent_id,
+                conversations.c.session_id == session_id,
+            )
             .values(dry_run_noted_at=now)
         )
         async with self.db.begin() as conn:
@@ -527,6 +580,7 @@ class Store:
         statement = (
             update(conversations)
             .where(
+                c.account == self.account,
                 c.agent_id == bindparam("k_agent"),
                 c.session_id == bindparam("k_session"),
                 c.state == State.ACTIVE.value,

@@ -179,6 +179,11 @@ class Repository(
     """The whole store as the engine is handed it; each part of a sweep sees one narrow side."""
 
     @property
+    def account(self) -> str:
+        """The account whose rows these are."""
+        ...
+
+    @property
     def journal(self) -> SweepJournal: ...
 
 

@@ -157,7 +157,9 @@ class Cluster:
         self.made += 1
         name = f"retention_test_{os.getpid()}_{self.made}"
         template = f' TEMPLATE "{TEMPLATE}"' if migrated else ""
-        await self._admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"{template}')
+        await self._admin(
+            f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"{template}'
+        )
         return self.url(name)
 
     async def drop(self, url: str) -> None:

@@ -70,7 +70,7 @@ async def read_all(store: Store, *, portable: bool, size: int = 700) -> list[Dec
     last = 0
     while True:
         async with store.db.connect() as conn:
-            batch = await decisions.read_batch(conn, last, size, portable=portable)
+            batch = await decisions.read_batch(conn, store.account, last, size, portable=portable)
         if not batch:
             return read
         read.extend(batch)
