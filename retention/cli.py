@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are due now, with their rule and due time. Sends only GET requests.",
     )
     _config_option(plan)
+    _account_option(plan, "plan")
     plan.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
     plan.add_argument(
         "--out", type=Path, metavar="FILE", help="also write the plan for `retention apply`"
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the mass-deletion breaker, the clock guard, a stop) and --max did not ask for that.",
     )
     _config_option(once)
+    _account_option(once, "once")
     once.add_argument(
         "--dry-run", action="store_true", help="delete nothing; audit what would be deleted"
     )
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "API call. Run `retention plan` first to see them.",
     )
     _config_option(approve)
+    _account_option(approve, "approve")
     approve.add_argument("--agent", type=_agent_id, help="only this agent's (default: all)")
 
     run = commands.add_parser(
@@ -126,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "policy; a hold still wins.",
     )
     _config_option(create)
+    _account_option(create, "create")
     create.add_argument("--agent", type=_agent_id, required=True, help="agent (project) id")
     create.add_argument("--name", required=True, help="the conversation's name")
     _record_options(create)
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exists). Its TTL beats every policy; a hold still wins.",
     )
     _config_option(track)
+    _account_option(track, "track")
     track.add_argument("--agent", type=_agent_id, required=True, help="agent (project) id")
     track.add_argument("--session", required=True, help="the conversation's session_id")
     _record_options(track)
@@ -147,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print figures from the local store. Makes no API call.",
     )
     _config_option(status)
+    _account_option(status, "status")
 
     probe = commands.add_parser(
         "probe",
@@ -239,6 +245,20 @@ def _output(args: argparse.Namespace) -> str:
     return "quiet" if args.quiet else "json" if args.json else "text"
 
 
+ACCOUNT_HELP = {
+    "plan": "only this account (default: every account; --out needs one)",
+    "once": "only this account (default: every account)",
+    "status": "only this account (default: every account)",
+    "approve": "the account (default: the only one)",
+    "create": "the account to create it in (default: the only one)",
+    "track": "the account it belongs to (default: the only one)",
+}
+
+
+def _account_option(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--account", metavar="NAME", help=ACCOUNT_HELP[command])
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="config file (default: env RETENTION_CONFIG)"
@@ -286,20 +306,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "plan":
-        return await commands.plan(settings, as_json=args.json, out=args.out)
+        return await commands.plan(settings, as_json=args.json, out=args.out, account=args.account)
     if args.command == "apply":
         return await commands.apply(
             settings, path=args.plan_file, max_age=_duration_arg(args.max_age, "--max-age")
         )
     if args.command == "once":
-        return await commands.once(settings, dry_run=args.dry_run, cap=args.max)
+        return await commands.once(
+            settings, dry_run=args.dry_run, cap=args.max, account=args.account
+        )
     if args.command == "approve":
-        return await commands.approve(settings, agent_id=args.agent)
+        return await commands.approve(settings, agent_id=args.agent, account=args.account)
     if args.command == "run":
         return await commands.run(settings, standby=args.standby)
     if args.command == "create":
         return await commands.create(
-            settings, agent_id=args.agent, name=args.name, ttl=_ttl(args), output=_output(args)
+            settings,
+            agent_id=args.agent,
+            name=args.name,
+            ttl=_ttl(args),
+            output=_output(args),
+            account=args.account,
         )
     if args.command == "track":
         return await commands.track(
@@ -308,9 +335,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             session_id=args.session,
             ttl=_ttl(args),
             output=_output(args),
+            account=args.account,
         )
     if args.command == "status":
-        return await commands.status(settings)
+        return await commands.status(settings, account=args.account)
     if args.command == "db" and args.db_command == "backup":
         return await commands.db_backup(settings, Path(args.file))
     if args.command == "db":

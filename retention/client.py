@@ -105,6 +105,10 @@ class CustomGPTClient:
         """
         return self._clock_reading
 
+    def latest_clock_reading(self) -> ClockReading | None:
+        """:attr:`clock_reading`, as a callable (the metrics read it at scrape time)."""
+        return self._clock_reading
+
     # ---- the calls -------------------------------------------------------------------------
 
     async def list_agents(self) -> list[Agent]:

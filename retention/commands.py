@@ -29,8 +29,16 @@ from retention.breaker import judge
 from retention.config import TOKEN_ENV, Settings, parse_listen
 from retention.errors import ConfigError
 from retention.metrics import overdue_after
-from retention.models import TrackedConversation
-from retention.runtime import breaker_limits, open_runtime, open_store, preflight, run_daemon
+from retention.models import SweepReport, TrackedConversation
+from retention.runtime import (
+    Runtime,
+    breaker_limits,
+    open_fleet,
+    open_runtime,
+    open_store,
+    preflight,
+    run_daemon,
+)
 from retention.sweep import Progress
 
 if TYPE_CHECKING:
@@ -38,7 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REMAINING = 0, 1, 2, 3
-ACCOUNT = "default"  # one account a config today; plans name it already
 
 
 def check(settings: Settings) -> int:
@@ -46,12 +53,13 @@ def check(settings: Settings) -> int:
     checks are the ones ``run`` makes."""
     preflight(settings)
     rules = settings.rules()
-    api = settings.api
     print(f"{settings.source}: ok")
-    print(
-        f"  api        {api.base_url} at {api.requests_per_minute} requests/minute, "
-        f"token {'set' if settings.token else 'not set'}"
-    )
+    for account in settings.account_list():
+        label = "api" if not settings.accounts else f"account {account.name}"
+        print(
+            f"  {label:<10} {account.base_url} at {account.requests_per_minute} requests/minute, "
+            f"token {'set' if account.token else 'not set'}"
+        )
     print(f"  store      {settings.store.url}")
     print(f"  schedule   {render.schedule_line(settings)}")
     print(f"  dry_run    {str(settings.safety.dry_run).lower()}")
@@ -65,7 +73,7 @@ def check(settings: Settings) -> int:
         print("  note: no policies, so nothing will ever be deleted")
     for warning in settings.warnings:
         print(f"retention: warning: {warning}", file=sys.stderr)
-    if settings.token is None:
+    if not settings.accounts and settings.token is None:
         print(
             f"retention: warning: no API token; set env {TOKEN_ENV} or [api] token_file "
             "before plan, once or run",
@@ -91,32 +99,41 @@ def terminal_progress() -> Iterator[Progress | None]:
         yield update
 
 
-async def plan(settings: Settings, *, as_json: bool, out: Path | None = None) -> int:
+async def plan(
+    settings: Settings, *, as_json: bool, out: Path | None = None, account: str | None = None
+) -> int:
+    """What is due in every account (or ``account``), each planned on its own budget, at once.
+    A plan file is one account's: ``--out`` takes the only account, or the one named."""
+    if out is not None:
+        account = settings.account(account).name
+    names = _accounts(settings, account)
     with terminal_progress() as progress:
         # plan never reaches the deletion code; dry_run here would only mislabel the items.
         # plan discovers into an existing store, and never creates or migrates one.
-        async with open_runtime(settings, progress=progress, create=False) as runtime:
-            items, report = await runtime.engine.plan()
+        async with open_fleet(settings, accounts=names, progress=progress, create=False) as fleet:
+            planned = await asyncio.gather(*(r.engine.plan() for r in fleet))
             if out is not None:
+                runtime = fleet.one(account)
                 text = planfile.dumps(
-                    items,
+                    planned[0][0],
                     now=datetime.now(UTC),
-                    account=ACCOUNT,
+                    account=runtime.account,
                     store_id=await runtime.store.identity(),
                     fingerprint=runtime.engine.fingerprint(),
                 )
                 await asyncio.to_thread(_write_new, out, text)
     now = datetime.now(UTC)
+    body = render.plans_json(planned, now=now)
     if as_json:
-        print(json.dumps(render.plan_json(items, report, now=now), indent=2))
+        print(json.dumps(body, indent=2))
     else:
-        render.plan_table(items, now=now, out=sys.stdout)
-        for reason in report.breaker:
+        render.plan_table([i for found, _ in planned for i in found], now=now, out=sys.stdout)
+        for reason in body["breaker"]:
             print(f"mass-deletion breaker: {reason}", file=sys.stderr)
-        if report.held_back:
-            print(f"deleting nothing now: {report.held_back}", file=sys.stderr)
-        calls = sum(report.api_calls.values())
-        print(f"{len(items)} due; this plan cost {calls} API calls", file=sys.stderr)
+        if body["held_back"]:
+            print(f"deleting nothing now: {body['held_back']}", file=sys.stderr)
+        calls = sum(body["api_calls"].values())
+        print(f"{body['count']} due; this plan cost {calls} API calls", file=sys.stderr)
     if out is not None:
         print(
             f"plan written to {out}: `retention apply {out}` deletes exactly these", file=sys.stderr
@@ -133,13 +150,15 @@ async def apply(settings: Settings, *, path: Path, max_age: timedelta) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc), source=str(path)) from None
     with terminal_progress() as progress:
-        async with open_runtime(settings, progress=progress, writer=True) as runtime:
+        async with open_runtime(
+            settings, account=_plan_account(settings, plan, path), progress=progress, writer=True
+        ) as runtime:
             engine, now = runtime.engine, datetime.now(UTC)
             try:
                 planfile.check(
                     plan,
                     now=now,
-                    account=ACCOUNT,
+                    account=runtime.account,
                     store_id=await runtime.store.identity(),
                     fingerprint=engine.fingerprint(),
                     max_age=max_age,
@@ -162,6 +181,26 @@ async def apply(settings: Settings, *, path: Path, max_age: timedelta) -> int:
     return EXIT_REMAINING if left else EXIT_OK
 
 
+def _plan_account(settings: Settings, plan: planfile.Plan, path: Path) -> str:
+    """The account a plan was made in, as configured now: a ConfigError naming the plan file
+    when the config has no such account."""
+    names = [a.name for a in settings.account_list()]
+    if plan.account not in names:
+        raise ConfigError(
+            f"the plan was made in account {plan.account!r}, which this config does not have "
+            f"(accounts: {', '.join(names)})",
+            source=str(path),
+        )
+    return plan.account
+
+
+def _accounts(settings: Settings, account: str | None) -> list[str]:
+    """Every configured account's name, or the one named (a ConfigError when unknown)."""
+    if account is not None:
+        return [settings.account(account).name]
+    return [a.name for a in settings.account_list()]
+
+
 def _write_new(path: Path, text: str) -> None:
     try:
         path.write_text(text, encoding="utf-8")
@@ -169,35 +208,65 @@ def _write_new(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write the plan: {exc.strerror}", key="--out") from None
 
 
-async def once(settings: Settings, *, dry_run: bool, cap: int | None = None) -> int:
-    """One sweep that deletes the whole due set, batch after batch, unless something stops it.
+async def once(
+    settings: Settings, *, dry_run: bool, cap: int | None = None, account: str | None = None
+) -> int:
+    """One sweep in every account (or ``account``), at once, each deleting its whole due set
+    batch after batch on its own budget, unless something stops it (``--max``: per account).
 
-    Exit 3 (``EXIT_REMAINING``) when due conversations remain that ``--max`` did not leave on
-    purpose: the breaker tripped, the clock guard held back, or a failure cut the sweep short.
+    Exit 1 when a sweep failed (in any account: the others run to their end), else 3
+    (``EXIT_REMAINING``) when due conversations remain that ``--max`` did not leave on purpose:
+    the breaker tripped, the clock guard held back, or a failure cut the sweep short.
     """
+    names = _accounts(settings, account)
     with terminal_progress() as progress:
-        async with open_runtime(
-            settings, dry_run=dry_run, progress=progress, writer=True
-        ) as runtime:
-            report = await runtime.engine.sweep("once", until_done=True, cap=cap)
-            left = await runtime.engine.remaining()
+        async with open_fleet(
+            settings, accounts=names, dry_run=dry_run, progress=progress, writer=True
+        ) as fleet:
+            outcomes: list[tuple[SweepReport, int] | BaseException]
+            if len(names) == 1:  # a failure is the command's: the CLI reports it
+                outcomes = [await _once_in(fleet.one(names[0]), cap)]
+            else:
+                outcomes = await asyncio.gather(
+                    *(_once_in(r, cap) for r in fleet), return_exceptions=True
+                )
+    codes = []
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            print(f"retention: account {name} failed: {outcome}", file=sys.stderr)
+            codes.append(EXIT_FAILURE)
+        else:
+            codes.append(_once_result(*outcome, cap=cap))
+    return EXIT_FAILURE if EXIT_FAILURE in codes else max(codes)
+
+
+async def _once_in(runtime: Runtime, cap: int | None) -> tuple[SweepReport, int]:
+    report = await runtime.engine.sweep("once", until_done=True, cap=cap)
+    return report, await runtime.engine.remaining()
+
+
+def _once_result(report: SweepReport, left: int, *, cap: int | None) -> int:
     print(report.summary())
     if not report.ok or report.failed:
         return EXIT_FAILURE
     if left and not (cap is not None and report.due >= cap):
         why = "; ".join([*report.breaker, *([report.held_back] if report.held_back else [])])
         print(
-            f"retention: {left} due conversation(s) remain" + (f": {why}" if why else ""),
+            f"retention: {left} due conversation(s) remain in account {report.account}"
+            + (f": {why}" if why else ""),
             file=sys.stderr,
         )
         return EXIT_REMAINING
     return EXIT_OK
 
 
-async def approve(settings: Settings, *, agent_id: int | None) -> int:
+async def approve(settings: Settings, *, agent_id: int | None, account: str | None = None) -> int:
+    name = settings.account(account).name
     async with open_store(settings, create=False) as store:
-        approved = await store.approve(datetime.now(UTC), agent_id=agent_id)
-    scope = f"agent {agent_id}" if agent_id is not None else "the account"
+        approved = await store.for_account(name).approve(datetime.now(UTC), agent_id=agent_id)
+    scope = f"agent {agent_id} of account {name}" if agent_id is not None else f"account {name}"
     print(f"approved {approved} due conversation(s) in {scope} for deletion past the breaker")
     return EXIT_OK
 
@@ -205,24 +274,36 @@ async def approve(settings: Settings, *, agent_id: int | None) -> int:
 async def run(settings: Settings, *, standby: bool = False) -> int:
     preflight(settings)  # exactly what `retention check` refuses, before anything is opened
     logger.info("effective configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    async with open_runtime(settings, writer=True, standby=standby) as runtime:
-        return await run_daemon(runtime)
+    async with open_fleet(settings, writer=True, standby=standby) as fleet:
+        return await run_daemon(fleet)
 
 
 async def create(
-    settings: Settings, *, agent_id: int, name: str, ttl: timedelta | None, output: str
+    settings: Settings,
+    *,
+    agent_id: int,
+    name: str,
+    ttl: timedelta | None,
+    output: str,
+    account: str | None = None,
 ) -> int:
     # A writer like run: with a daemon running, create through its admin API instead.
-    async with open_runtime(settings, writer=True) as runtime:
+    async with open_runtime(settings, account=account, writer=True) as runtime:
         record = await tracking.create(runtime.sweep, agent_id=agent_id, name=name, ttl=ttl)
     _print_record(record, output, verb="created")
     return 0
 
 
 async def track(
-    settings: Settings, *, agent_id: int, session_id: str, ttl: timedelta | None, output: str
+    settings: Settings,
+    *,
+    agent_id: int,
+    session_id: str,
+    ttl: timedelta | None,
+    output: str,
+    account: str | None = None,
 ) -> int:
-    async with open_runtime(settings, writer=True) as runtime:
+    async with open_runtime(settings, account=account, writer=True) as runtime:
         record = await tracking.track(
             runtime.sweep, agent_id=agent_id, session_id=session_id, ttl=ttl
         )
@@ -263,17 +344,21 @@ def probe(settings: Settings, *, ready: bool, timeout: float) -> int:
     return 1
 
 
-async def status(settings: Settings) -> int:
-    async with open_store(settings, create=False) as store:
+async def status(settings: Settings, *, account: str | None = None) -> int:
+    """The store's figures, breaker and last sweeps, account by account (or ``account``)."""
+    async with open_store(settings, create=False) as root:
         now = datetime.now(UTC)
-        journal = store.journal
         delete_every = settings.schedule.delete_every
-        rows = await journal.status(now, overdue_after=overdue_after(delete_every))
-        render.status_table(rows, await store.all_agents(), now=now, out=sys.stdout)
-        verdict = judge(await store.due_figures(now), breaker_limits(settings))
-        for reason in verdict.reasons():
-            print(f"mass-deletion breaker: {reason}", file=sys.stdout)
-        render.sweeps_lines(await journal.last_sweeps(5), out=sys.stdout)
+        for name in _accounts(settings, account):
+            store = root.for_account(name)
+            journal = store.journal
+            rows = await journal.status(now, overdue_after=overdue_after(delete_every))
+            agents = await store.all_agents()
+            render.status_table(rows, agents, now=now, out=sys.stdout, account=name)
+            verdict = judge(await store.due_figures(now), breaker_limits(settings))
+            for reason in verdict.reasons():
+                print(f"mass-deletion breaker in account {name}: {reason}", file=sys.stdout)
+            render.sweeps_lines(await journal.last_sweeps(5), out=sys.stdout)
     return 0
 
 

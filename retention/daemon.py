@@ -1,8 +1,10 @@
 """The daemon: APScheduler 3.x runs discovery and deletion sweeps; signals stop it gracefully.
 
 Only this module and :mod:`retention.triggers` import APScheduler. Jobs are rebuilt from the
-configuration at every start (in-memory job store). Each job is one sweep, ``max_instances=1`` and
-``coalesce=True``: a slow sweep delays the next instead of piling up. A sweep that fails is
+configuration at every start (in-memory job store). Each account has its own two jobs (discovery
+and deletion) on its own engine, so an account whose sweeps fail or wait on their budget never
+delays another's. Each job is one sweep, ``max_instances=1`` and ``coalesce=True``: a slow sweep
+delays the next instead of piling up. A sweep that fails is
 logged with its traceback and the daemon runs on. On SIGTERM or SIGINT the daemon stops taking
 work, lets running sweeps finish their current item (bounded by ``stop_timeout``), and returns.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from retention.engine import Engine
+from retention.models import DEFAULT_ACCOUNT
 from retention.timefmt import format_duration
 from retention.triggers import build_trigger
 
@@ -39,9 +42,15 @@ class Cadence:
         return build_trigger(self.every, self.cron, key=key)  # as `retention check` builds it
 
 
+def job_key(kind: str, account: str) -> str:
+    """A job's name: ``discover`` and ``delete`` for the default account, ``discover:NAME``
+    and ``delete:NAME`` for the others."""
+    return kind if account == DEFAULT_ACCOUNT else f"{kind}:{account}"
+
+
 @dataclass
 class Health:
-    """What the admin surface reports about the sweeps, job by job ("discover", "delete").
+    """What the admin surface reports about the sweeps, job by job (see :func:`job_key`).
 
     Each job keeps its own record, so a discovery that fails every time is not hidden by
     deletion sweeps that succeed (or the other way round).
@@ -55,14 +64,15 @@ class Health:
 class Daemon:
     def __init__(
         self,
-        engine: Engine,
+        engines: Engine | Sequence[Engine],
         *,
         discover: Cadence,
         delete: Cadence,
         stop_timeout: float = 30.0,
         on_reload: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
-        self.engine = engine
+        self.engines = [engines] if isinstance(engines, Engine) else list(engines)
+        engine = self.engine = self.engines[0]
         self.discover = discover
         self.delete = delete
         self.stop_timeout = stop_timeout
@@ -81,33 +91,30 @@ class Daemon:
         loop = asyncio.get_running_loop()
         scheduler = AsyncIOScheduler(timezone=UTC, event_loop=loop)
         now = datetime.now(UTC)
-        scheduler.add_job(
-            self._sweep,
-            trigger=self.discover.trigger("schedule.discover_cron"),
-            args=("discover",),
-            id="discover",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=now,
-            misfire_grace_time=None,
-        )
-        scheduler.add_job(
-            self._sweep,
-            trigger=self.delete.trigger("schedule.delete_cron"),
-            args=("delete",),
-            id="delete",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=now + timedelta(seconds=1),
-            misfire_grace_time=None,
-        )
+        for engine in self.engines:
+            for kind, cadence, first in (
+                ("discover", self.discover, now),
+                ("delete", self.delete, now + timedelta(seconds=1)),
+            ):
+                scheduler.add_job(
+                    self._sweep,
+                    trigger=cadence.trigger(f"schedule.{kind}_cron"),
+                    args=(engine, kind),
+                    id=job_key(kind, engine.account),
+                    max_instances=1,
+                    coalesce=True,
+                    next_run_time=first,
+                    misfire_grace_time=None,
+                )
         scheduler.add_listener(_skipped, EVENT_JOB_MAX_INSTANCES)
         handled = self._install_signals(loop)
         scheduler.start()
         logger.info(
-            "daemon started: discovery %s, deletion %s%s",
+            "daemon started: discovery %s, deletion %s, account%s %s%s",
             _describe(self.discover),
             _describe(self.delete),
+            "s" if len(self.engines) > 1 else "",
+            ", ".join(e.account for e in self.engines),
             " (dry-run)" if self.engine.options.dry_run else "",
         )
         try:
@@ -118,7 +125,8 @@ class Daemon:
             # Stop taking work, let running sweeps finish their current item, then shut down:
             # APScheduler's asyncio executor cancels whatever still runs at shutdown.
             scheduler.pause()
-            self.engine.stop()
+            for engine in self.engines:
+                engine.stop()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             await self._drain()
@@ -155,26 +163,26 @@ class Daemon:
             await asyncio.wait(pending, timeout=5)
             logger.warning("%d sweep(s) cancelled at the stop deadline", len(pending))
 
-    async def _sweep(self, kind: str) -> None:
+    async def _sweep(self, engine: Engine, kind: str) -> None:
         if self._stop.is_set():
             return
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
+        job = job_key(kind, engine.account)
         try:
-            report = await self.engine.sweep(
-                kind, discover=kind == "discover", delete=kind == "delete"
-            )
+            report = await engine.sweep(kind, discover=kind == "discover", delete=kind == "delete")
         except asyncio.CancelledError:
             raise
         except Exception:
-            # One bad sweep never kills the daemon: say what happened and run on.
-            logger.exception("%s sweep failed", kind)
-            self.health.failing_since.setdefault(kind, self.engine.clock())
+            # One bad sweep never kills the daemon, nor delays another account's: say what
+            # happened and run on; the job runs again at its next time.
+            logger.exception("%s sweep of account %s failed", kind, engine.account)
+            self.health.failing_since.setdefault(job, engine.clock())
         else:
             if report.finished_at is not None:
-                self.health.last_success_at[kind] = report.finished_at
-            self.health.failing_since.pop(kind, None)
+                self.health.last_success_at[job] = report.finished_at
+            self.health.failing_since.pop(job, None)
         finally:
             if task is not None:
                 self._running.discard(task)

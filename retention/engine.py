@@ -191,7 +191,9 @@ class Engine:
                 "(its writes would be lost): stop the daemon, restore the store from a backup "
                 "(README: Deployment) or remove it, and start again"
             )
-        report = SweepReport(kind=kind, started_at=self.clock(), dry_run=self.options.dry_run)
+        report = SweepReport(
+            kind=kind, started_at=self.clock(), dry_run=self.options.dry_run, account=self.account
+        )
         sweep_id = await journal.start_sweep(report)
         with self.context.api.stats.scope() as calls:
             try:
@@ -247,7 +249,9 @@ class Engine:
         each, or a walk of its agent where that is cheaper); without it (the admin API),
         nothing is sent and such items are marked unconfirmed.
         """
-        report = SweepReport(kind="plan", started_at=self.clock(), dry_run=self.options.dry_run)
+        report = SweepReport(
+            kind="plan", started_at=self.clock(), dry_run=self.options.dry_run, account=self.account
+        )
         context = self.context
         with context.api.stats.scope() as calls:
             await self.apply_rules()
@@ -289,6 +293,7 @@ class Engine:
             return None
         waiting = current.grace_until if current.grace_until and current.grace_until > now else None
         return PlanItem(
+            account=self.account,
             agent_id=current.agent_id,
             session_id=current.session_id,
             name=current.name,

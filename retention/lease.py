@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 ACCOUNT_SCOPE = "account:default"
 
 
+def lease_scope(account: str) -> str:
+    """The lease of one account's writes: ``account:NAME``."""
+    return f"account:{account}"
+
+
 class LeaseHeld(ConfigError):
     """Another writer holds the lease: this one refuses to start (exit 2)."""
 

@@ -1,14 +1,16 @@
 """Prometheus metrics (prometheus-client), in a registry of their own.
 
 Store figures (tracked, due, overdue, held per agent) are read from the store at scrape time;
-sweep results arrive through the engine's listener; API calls, 429s and the budget are read from
-the client's counters as they stand. Scraping costs no API call.
+sweep results arrive through the engines' listener; API calls, 429s and the budget are read from
+each account's client counters as they stand. Scraping costs no API call. Every series names its
+``account`` (``default`` for a config without ``[[accounts]]``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,78 +19,87 @@ from prometheus_client.registry import Collector
 
 from retention.budget import CallStats, RequestBudget
 from retention.clocks import ClockReading
-from retention.models import AgentStatus, SweepReport
+from retention.models import DEFAULT_ACCOUNT, AgentStatus, SweepReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+@dataclass(frozen=True)
+class ApiSource:
+    """One account's client counters, read at scrape time."""
+
+    stats: CallStats
+    budget: RequestBudget
+    clock_reading: Callable[[], ClockReading | None]
+
+
 class _ApiCollector(Collector):
-    def __init__(
-        self,
-        stats: CallStats,
-        budget: RequestBudget,
-        clock_reading: Callable[[], ClockReading | None],
-        max_clock_skew: timedelta,
-    ) -> None:
-        self.stats = stats
-        self.budget = budget
-        self.clock_reading = clock_reading
+    def __init__(self, sources: Mapping[str, ApiSource], max_clock_skew: timedelta) -> None:
+        self.sources = sources  # by account, filled as accounts are added
         self.max_clock_skew = max_clock_skew
 
     def collect(self) -> Iterator[Metric]:
+        account = ["account"]
         calls = CounterMetricFamily(
             "retention_api_calls",
-            "CustomGPT API calls made, by kind and status",
-            labels=["kind", "status"],
+            "CustomGPT API calls made, by account, kind and status",
+            labels=["account", "kind", "status"],
         )
-        for (kind, status), count in sorted(self.stats.calls.items()):
-            calls.add_metric([kind, status], count)
-        yield calls
-        yield CounterMetricFamily(
-            "retention_api_rate_limited", "429 answers from the API", value=self.budget.rate_limited
+        limited = CounterMetricFamily(
+            "retention_api_rate_limited", "429 answers from the API", labels=account
         )
-        remaining = self.budget.remaining
-        yield GaugeMetricFamily(
+        remaining = GaugeMetricFamily(
             "retention_api_budget_remaining",
             "Requests left in the current window, as the API last reported (NaN: not reported)",
-            value=math.nan if remaining is None else remaining,
+            labels=account,
         )
-        yield GaugeMetricFamily(
+        paused = GaugeMetricFamily(
             "retention_api_budget_paused_seconds",
-            "Seconds until a 429 pause of all calls ends",
-            value=self.budget.paused_for,
+            "Seconds until a 429 pause of the account's calls ends",
+            labels=account,
         )
-        yield GaugeMetricFamily(
-            "retention_api_requests_per_minute",
-            "The configured request budget",
-            value=self.budget.requests_per_minute,
+        per_minute = GaugeMetricFamily(
+            "retention_api_requests_per_minute", "The configured request budget", labels=account
         )
-        reading = self.clock_reading()
-        skew = reading.skew.total_seconds() if reading is not None else math.nan
-        yield GaugeMetricFamily(
+        skew = GaugeMetricFamily(
             "retention_clock_skew_seconds",
             "The server's Date minus the local clock on the latest response (NaN: none yet)",
-            value=skew,
+            labels=account,
         )
-        exceeded = reading is not None and abs(reading.skew) > self.max_clock_skew
-        yield GaugeMetricFamily(
+        exceeded = GaugeMetricFamily(
             "retention_clock_skew_exceeded",
             "1 while the clocks differ by more than max_clock_skew: nothing is deleted",
-            value=1.0 if exceeded else 0.0,
+            labels=account,
         )
+        for name, source in sorted(self.sources.items()):
+            for (kind, status), count in sorted(source.stats.calls.items()):
+                calls.add_metric([name, kind, status], count)
+            budget = source.budget
+            limited.add_metric([name], budget.rate_limited)
+            left = budget.remaining
+            remaining.add_metric([name], math.nan if left is None else left)
+            paused.add_metric([name], budget.paused_for)
+            per_minute.add_metric([name], budget.requests_per_minute)
+            reading = source.clock_reading()
+            skew.add_metric([name], reading.skew.total_seconds() if reading else math.nan)
+            over = reading is not None and abs(reading.skew) > self.max_clock_skew
+            exceeded.add_metric([name], 1.0 if over else 0.0)
+        yield from (calls, limited, remaining, paused, per_minute, skew, exceeded)
 
 
 class Metrics:
     def __init__(
         self,
         *,
-        stats: CallStats,
-        budget: RequestBudget,
+        stats: CallStats | None = None,
+        budget: RequestBudget | None = None,
         clock_reading: Callable[[], ClockReading | None] = lambda: None,
         max_clock_skew: timedelta = timedelta(minutes=5),
     ) -> None:
+        """Metrics for the accounts added with :meth:`add_account`; ``stats`` and ``budget``
+        given here are the ``default`` account's."""
         self.registry = CollectorRegistry()
-        per_agent = ["agent"]
+        per_agent = ["account", "agent"]
         r = self.registry
         self.tracked = Gauge(
             "retention_conversations_tracked", "Live conversations tracked", per_agent, registry=r
@@ -112,21 +123,28 @@ class Metrics:
             registry=r,
         )
         self.deletions = Counter(
-            "retention_deletions", "Deletion outcomes, by rule", ["outcome", "rule"], registry=r
+            "retention_deletions",
+            "Deletion outcomes, by account and rule",
+            ["account", "outcome", "rule"],
+            registry=r,
         )
         self.unverified = Counter(
             "retention_deletions_unverified",
             "Conversations recorded as deleted (DELETE 200) that a later listing still showed; "
             "each is audited as failed and queued again",
+            ["account"],
             registry=r,
         )
         self.sweeps = Counter(
-            "retention_sweeps", "Sweeps run, by kind and result", ["kind", "result"], registry=r
+            "retention_sweeps",
+            "Sweeps run, by account, kind and result",
+            ["account", "kind", "result"],
+            registry=r,
         )
         self.sweep_duration = Histogram(
             "retention_sweep_duration_seconds",
             "How long sweeps take",
-            ["kind"],
+            ["account", "kind"],
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
             registry=r,
         )
@@ -134,46 +152,74 @@ class Metrics:
             "retention_breaker_tripped",
             "1 while the mass-deletion breaker stops unapproved deletions in a scope "
             '("account", or an agent id), as the last deletion sweep found',
-            ["scope"],
+            ["account", "scope"],
             registry=r,
         )
         self.last_success = Gauge(
             "retention_last_successful_sweep_timestamp_seconds",
             "When the last sweep that succeeded ended (Unix time)",
-            ["kind"],
+            ["account", "kind"],
             registry=r,
         )
-        r.register(_ApiCollector(stats, budget, clock_reading, max_clock_skew))
+        self._sources: dict[str, ApiSource] = {}
+        r.register(_ApiCollector(self._sources, max_clock_skew))
+        if stats is not None and budget is not None:
+            self.add_account(
+                DEFAULT_ACCOUNT, stats=stats, budget=budget, clock_reading=clock_reading
+            )
+
+    def add_account(
+        self,
+        name: str,
+        *,
+        stats: CallStats,
+        budget: RequestBudget,
+        clock_reading: Callable[[], ClockReading | None] = lambda: None,
+    ) -> None:
+        """Report this account's API calls, budget and clock."""
+        self._sources[name] = ApiSource(stats, budget, clock_reading)
 
     def observe_sweep(self, report: SweepReport) -> None:
-        result = "ok" if report.ok else "failed"
-        self.sweeps.labels(report.kind, result).inc()
+        account, result = report.account, "ok" if report.ok else "failed"
+        self.sweeps.labels(account, report.kind, result).inc()
         if report.finished_at is not None:
             seconds = (report.finished_at - report.started_at).total_seconds()
-            self.sweep_duration.labels(report.kind).observe(seconds)
+            self.sweep_duration.labels(account, report.kind).observe(seconds)
             if report.ok:
-                self.last_success.labels(report.kind).set(report.finished_at.timestamp())
+                self.last_success.labels(account, report.kind).set(report.finished_at.timestamp())
         if report.kind in ("delete", "once"):
-            self.breaker.clear()
+            for labels in [k for k in _label_sets(self.breaker) if k[0] == account]:
+                self.breaker.remove(*labels)
             for scope in report.breaker_scopes:
-                self.breaker.labels(scope).set(1)
+                self.breaker.labels(account, scope).set(1)
         for (outcome, rule), count in report.outcomes.items():
-            self.deletions.labels(outcome, rule).inc(count)
-        self.unverified.inc(report.unverified)
+            self.deletions.labels(account, outcome, rule).inc(count)
+        self.unverified.labels(account).inc(report.unverified)
 
-    def set_store_figures(self, rows: list[AgentStatus]) -> None:
+    def set_store_figures(self, rows: Mapping[str, list[AgentStatus]]) -> None:
+        """The store's figures, by account: each account's rows per agent."""
         for gauge in (self.tracked, self.due, self.overdue, self.held, self.grace):
             gauge.clear()
-        for row in rows:
-            agent = str(row.agent_id)
-            self.tracked.labels(agent).set(row.tracked)
-            self.due.labels(agent).set(row.due)
-            self.overdue.labels(agent).set(row.overdue)
-            self.held.labels(agent).set(row.held)
-            self.grace.labels(agent).set(row.grace)
+        for account, figures in rows.items():
+            for row in figures:
+                agent = str(row.agent_id)
+                self.tracked.labels(account, agent).set(row.tracked)
+                self.due.labels(account, agent).set(row.due)
+                self.overdue.labels(account, agent).set(row.overdue)
+                self.held.labels(account, agent).set(row.held)
+                self.grace.labels(account, agent).set(row.grace)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _label_sets(gauge: Gauge) -> list[tuple[str, ...]]:
+    """The label values a gauge has series for."""
+    return [
+        tuple(sample.labels[name] for name in ("account", "scope"))
+        for metric in gauge.collect()
+        for sample in metric.samples
+    ]
 
 
 def overdue_after(delete_every: timedelta) -> timedelta:

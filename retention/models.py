@@ -10,6 +10,11 @@ from datetime import datetime, timedelta
 TTL_RULE = "ttl"  # the rule name recorded when a per-conversation TTL decides
 
 
+# The account of a config without [[accounts]] (its [api] section), and of every row stored
+# before there were accounts (migration 0010).
+DEFAULT_ACCOUNT = "default"
+
+
 class Origin(enum.StrEnum):
     """How `retention` came to know a conversation."""
 
@@ -180,9 +185,6 @@ class State(enum.StrEnum):
 TERMINAL_STATES = frozenset({State.DELETED, State.GONE})
 # The states of a conversation still tracked (not finished), as stored.
 LIVE_STATES = (State.ACTIVE.value, State.HELD.value, State.DELETING.value)
-# The account of a config without [[accounts]] (its [api] section), and of every row stored
-# before there were accounts (migration 0010).
-DEFAULT_ACCOUNT = "default"
 
 
 class AuditOutcome(enum.StrEnum):
@@ -272,6 +274,7 @@ class PlanItem:
     retry_at: datetime | None = None  # a DELETE failed; the next attempt waits until then
     unconfirmed: bool = False  # rests on facts not read again lately (a name, a message)
     held_by_breaker: bool = False  # the mass-deletion breaker stops it until approved
+    account: str = DEFAULT_ACCOUNT  # the CustomGPT account it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +353,7 @@ class SweepReport:
 
     kind: str  # "once", "discover", "delete" or "plan"
     started_at: datetime
+    account: str = DEFAULT_ACCOUNT
     dry_run: bool = False
     finished_at: datetime | None = None
     agents: int = 0
@@ -384,7 +388,8 @@ class SweepReport:
         parts = [
             f"sweep {self.kind}{' (dry-run)' if self.dry_run else ''}",
             f"{'ok' if self.ok else 'FAILED'} in {seconds:.1f}s:",
-            f"agents={self.agents} pages={self.pages} listed={self.listed} new={self.new}",
+            f"account={self.account} agents={self.agents} pages={self.pages}",
+            f"listed={self.listed} new={self.new}",
             f"gone={self.gone} due={self.due} deleted={self.deleted}",
             f"already_gone={self.already_gone} failed={self.failed}",
             f"would_delete={self.would_delete} postponed={self.postponed}",

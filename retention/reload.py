@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from retention.config import Settings, load_config
@@ -20,14 +21,14 @@ from retention.engine import Engine
 from retention.errors import ConfigError, LeaseLost, StoreError
 
 logger = logging.getLogger(__name__)
-RESTART_SECTIONS = ("api", "store", "schedule", "admin", "log")
+RESTART_SECTIONS = ("api", "accounts", "store", "schedule", "admin", "log")
 
 
 class ConfigWatcher:
     def __init__(
         self,
         path: Path,
-        engine: Engine,
+        engines: Engine | Sequence[Engine],
         settings: Settings,
         *,
         every: float = 2.0,
@@ -35,7 +36,7 @@ class ConfigWatcher:
         settle_tries: int = 30,
     ) -> None:
         self.path = path
-        self.engine = engine
+        self.engines = [engines] if isinstance(engines, Engine) else list(engines)
         self.settings = settings
         self.every = every
         self.settle = settle
@@ -75,7 +76,10 @@ class ConfigWatcher:
                 )
             rules = fresh.rules()
             try:
-                reevaluated = await self.engine.set_rules(rules)
+                reevaluated = 0
+                # Each account's engine gets the rules that apply in it.
+                for engine in self.engines:
+                    reevaluated += await engine.set_rules(rules.for_account(engine.account))
             except (StoreError, LeaseLost) as exc:
                 # The rules are in force; the store was not re-evaluated under them. Every
                 # sweep re-evaluates first (the stored fingerprint still differs), so the next

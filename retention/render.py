@@ -11,6 +11,7 @@ from rich.table import Table
 
 from retention.config import Settings
 from retention.models import (
+    DEFAULT_ACCOUNT,
     AgentRecord,
     AgentStatus,
     AuditRecord,
@@ -33,6 +34,7 @@ def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) 
         "dry_run": report.dry_run,
         "due": [
             {
+                "account": item.account,
                 "agent_id": item.agent_id,
                 "session_id": item.session_id,
                 "name": item.name,
@@ -57,6 +59,44 @@ def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) 
     }
 
 
+def plans_json(
+    plans: Sequence[tuple[Sequence[PlanItem], SweepReport]], *, now: datetime
+) -> dict[str, Any]:
+    """Several accounts' plans as one (``plan --json`` and ``GET /v1/plan``): the shape of
+    :func:`plan_json`, so that a script written for one account reads several; ``due`` lists
+    every account's items in order (each names its account), ``breaker`` and ``held_back``
+    name the account when there are several, ``api_calls`` are summed, and ``reports`` holds
+    each account's own figures."""
+    several = len(plans) > 1
+    due: list[dict[str, Any]] = []
+    reports: dict[str, dict[str, Any]] = {}
+    for items, report in plans:
+        body = plan_json(items, report, now=now)
+        due.extend(body.pop("due"))
+        del body["generated_at"]
+        reports[report.account] = body
+
+    def named(account: str, line: str) -> str:
+        return f"{account}: {line}" if several else line
+
+    calls: dict[str, int] = {}
+    for body in reports.values():
+        for kind, count in body["api_calls"].items():
+            calls[kind] = calls.get(kind, 0) + count
+    held = [named(name, r["held_back"]) for name, r in reports.items() if r["held_back"]]
+    return {
+        "generated_at": now.isoformat(),
+        "dry_run": all(r["dry_run"] for r in reports.values()),
+        "due": due,
+        "count": len(due),
+        "breaker": [named(name, line) for name, r in reports.items() for line in r["breaker"]],
+        "held_back": "; ".join(held) if held else None,
+        "api_calls": dict(sorted(calls.items())),
+        "accounts": list(reports),
+        "reports": reports,
+    }
+
+
 def _console(out: TextIO) -> Console:
     # Off a terminal (a pipe, a log file) nothing should wrap: give tables room.
     return Console(file=out, highlight=False, width=None if out.isatty() else 240)
@@ -68,7 +108,10 @@ def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None
         console.print("Nothing is due.")
         return
     table = Table(title=f"{len(items)} conversation(s) due at {stamp(now)}", title_justify="left")
-    for header in ("agent", "session_id", "name", "age", "rule", "due since", "note"):
+    # The account column once there is more than the one account of a config without them.
+    several = any(item.account != DEFAULT_ACCOUNT for item in items)
+    headers = ("account",) * several + ("agent", "session_id", "name", "age", "rule")
+    for header in (*headers, "due since", "note"):
         table.add_column(header, no_wrap=header in ("session_id", "due since", "age"))
     for item in items:
         notes = []
@@ -84,6 +127,7 @@ def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None
             notes.append("held by the breaker: approve to delete")
         note = ", ".join(notes)
         table.add_row(
+            *(item.account,) * several,
             str(item.agent_id),
             item.session_id,
             item.name,
@@ -101,9 +145,10 @@ def status_table(
     *,
     now: datetime,
     out: TextIO,
+    account: str = DEFAULT_ACCOUNT,
 ) -> None:
     console = _console(out)
-    table = Table(title=f"store at {stamp(now)}", title_justify="left")
+    table = Table(title=f"account {account}: store at {stamp(now)}", title_justify="left")
     headers = ("agent", "tracked", "due", "overdue", "held", "deleted 24h", "in grace", "platform")
     for header in headers:
         table.add_column(header, justify="right" if header != "platform" else "left")

@@ -13,7 +13,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +25,12 @@ from sqlalchemy.engine import make_url
 from retention.breaker import Limits
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
-from retention.config import ENV_PREFIX, TOKEN_ENV, Settings, check_admin_listen
+from retention.config import ENV_PREFIX, TOKEN_ENV, Account, Settings, check_admin_listen
 from retention.engine import Engine
 from retention.errors import ConfigError
-from retention.lease import LeaseKeeper
+from retention.lease import LeaseKeeper, lease_scope
 from retention.logs import Secrets
+from retention.models import DEFAULT_ACCOUNT
 from retention.store import Store
 from retention.sweep import EngineOptions, Progress, Sweep
 
@@ -41,32 +42,57 @@ class Runtime:
     """What one account's work runs on; closed by the stack that built it."""
 
     settings: Settings
-    store: Store
+    store: Store  # the account's view of the store
     client: CustomGPTClient
     engine: Engine
     stack: AsyncExitStack
     lease: LeaseKeeper | None = None  # held by writers (run, once, apply)
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def sweep(self) -> Sweep:
         return self.engine.context
 
 
-def require_token(settings: Settings) -> SecretStr:
-    if settings.token is None:
+@dataclass
+class Fleet:
+    """Every account's :class:`Runtime`, in the config's order, on one store and one HTTP
+    session; each account has its own token, request budget, rules, engine and lease."""
+
+    settings: Settings
+    store: Store  # the default account's view; each runtime has its own
+    runtimes: dict[str, Runtime]
+    stack: AsyncExitStack
+
+    def __iter__(self) -> Iterator[Runtime]:
+        return iter(self.runtimes.values())
+
+    def one(self, name: str | None = None) -> Runtime:
+        """The named account's runtime, or the only one (a ConfigError among several)."""
+        return self.runtimes[self.settings.account(name).name]
+
+
+def require_token(settings: Settings, account: Account | None = None) -> SecretStr:
+    account = account or settings.account(None)
+    if account.token is None:
+        if account.name == DEFAULT_ACCOUNT and not settings.accounts:
+            where = f"set env {TOKEN_ENV} or [api] token_file"
+        else:
+            where = f"its token_env or token_file gives none ({account.token_source})"
         raise ConfigError(
-            f"no API token: set env {TOKEN_ENV} or [api] token_file", source=settings.source
+            f"no API token for account {account.name!r}: {where}", source=settings.source
         )
-    return settings.token
+    return account.token
 
 
 def secrets_of(settings: Settings) -> Secrets:
-    """The values no output may show: the API token and the admin token.
+    """The values no output may show: every account's API token and the admin token.
 
-    Handed to the client, which scrubs the server's text with it where that text enters (the
-    server may echo either token), and to the log handler.
+    Handed to the clients, which scrub the server's text with it where that text enters (the
+    server may echo any token), and to the log handler.
     """
-    return Secrets(t.get_secret_value() for t in (settings.token, settings.admin_token) if t)
+    tokens = [a.token for a in settings.account_list()] + [settings.admin_token]
+    return Secrets(t.get_secret_value() for t in tokens if t)
 
 
 def preflight(settings: Settings) -> None:
@@ -148,66 +174,115 @@ async def open_store(
 async def open_runtime(
     settings: Settings,
     *,
+    account: str | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
     create: bool = True,
     writer: bool = False,
     standby: bool = False,
 ) -> AsyncIterator[Runtime]:
-    """Store, HTTP session, budget, client and engine, closed in reverse order on exit.
+    """One account's store view, HTTP session, budget, client and engine, closed in reverse
+    order on exit: the named account, or the only one (a ConfigError among several).
 
     ``create=False``: the store must exist and be current (see :func:`open_store`). A
-    ``writer`` (run, once, apply) takes the store's lease first and keeps it while it runs
-    (see :mod:`retention.lease`); ``standby`` waits for it instead of refusing.
+    ``writer`` (once, apply, create, track) takes the account's lease first and keeps it while
+    it runs (see :mod:`retention.lease`); ``standby`` waits for it instead of refusing.
     """
-    token = require_token(settings)
+    chosen = settings.account(account).name
+    async with open_fleet(
+        settings,
+        accounts=[chosen],
+        dry_run=dry_run,
+        progress=progress,
+        create=create,
+        writer=writer,
+        standby=standby,
+    ) as fleet:
+        yield fleet.runtimes[chosen]
+
+
+@asynccontextmanager
+async def open_fleet(
+    settings: Settings,
+    *,
+    accounts: Sequence[str] | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    create: bool = True,
+    writer: bool = False,
+    standby: bool = False,
+) -> AsyncIterator[Fleet]:
+    """A :class:`Runtime` for each account (``accounts``: these only), on one store and one
+    HTTP session. A ``writer`` takes every account's lease (see :func:`open_runtime`)."""
+    chosen = [a for a in settings.account_list() if accounts is None or a.name in accounts]
+    tokens = {a.name: require_token(settings, a) for a in chosen}
     for warning in settings.warnings:
         logger.warning("%s", warning)
+    secrets = secrets_of(settings)
+    rules = settings.rules()
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings, create=create))
+        root = await stack.enter_async_context(open_store(settings, create=create))
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        api = settings.api
-        client = CustomGPTClient(
-            session,
-            base_url=api.base_url,
-            token=token,
-            budget=RequestBudget(api.requests_per_minute, burst=api.burst),
-            max_attempts=api.max_attempts,
-            max_concurrency=api.max_concurrency,
-            request_timeout=api.request_timeout,
-            connect_timeout=api.connect_timeout,
-            secrets=secrets_of(settings),
-        )
-        engine = Engine(
-            client,
-            store,
-            settings.rules(),
-            options=engine_options(settings, dry_run=dry_run),
-            progress=progress,
-        )
-        keeper = None
-        if writer:
-            keeper = LeaseKeeper(
-                store, ttl=settings.store.lease_ttl, lock_file=lock_file_of(settings)
+        runtimes: dict[str, Runtime] = {}
+        for account in chosen:
+            store = root.for_account(account.name)
+            client = CustomGPTClient(
+                session,
+                base_url=account.base_url,
+                token=tokens[account.name],
+                budget=RequestBudget(account.requests_per_minute, burst=account.burst),
+                max_attempts=account.max_attempts,
+                max_concurrency=account.max_concurrency,
+                request_timeout=account.request_timeout,
+                connect_timeout=account.connect_timeout,
+                secrets=secrets,
             )
-            await keeper.take(standby=standby)
-            stack.push_async_callback(keeper.release)
-            keeping = asyncio.create_task(keeper.keep())
-            stack.callback(keeping.cancel)
-            engine.context.lease = keeper
-        yield Runtime(settings, store, client, engine, stack, keeper)
+            engine = Engine(
+                client,
+                store,
+                rules.for_account(account.name),
+                options=engine_options(settings, dry_run=dry_run),
+                progress=progress,
+            )
+            runtimes[account.name] = Runtime(
+                settings, store, client, engine, stack, account=account.name
+            )
+        if writer:
+            for runtime in runtimes.values():
+                runtime.lease = await _take_lease(settings, runtime, stack, standby=standby)
+        yield Fleet(settings, root, runtimes, stack)
 
 
-def lock_file_of(settings: Settings) -> Path | None:
-    """The OS lock file beside a SQLite store (None for other databases)."""
+async def _take_lease(
+    settings: Settings, runtime: Runtime, stack: AsyncExitStack, *, standby: bool
+) -> LeaseKeeper:
+    keeper = LeaseKeeper(
+        runtime.store,
+        scope=lease_scope(runtime.account),
+        ttl=settings.store.lease_ttl,
+        lock_file=lock_file_of(settings, runtime.account),
+    )
+    await keeper.take(standby=standby)
+    stack.push_async_callback(keeper.release)
+    keeping = asyncio.create_task(keeper.keep())
+    stack.callback(keeping.cancel)
+    runtime.engine.context.lease = keeper
+    return keeper
+
+
+def lock_file_of(settings: Settings, account: str = DEFAULT_ACCOUNT) -> Path | None:
+    """The OS lock file of an account's lease beside a SQLite store (None for other
+    databases): ``retention.db.lock`` for the default account, ``retention.db.NAME.lock``."""
     url = make_url(settings.store.url)
     if url.get_backend_name() != "sqlite" or not url.database:
         return None
-    return Path(url.database + ".lock")
+    infix = "" if account == DEFAULT_ACCOUNT else f".{account}"
+    return Path(f"{url.database}{infix}.lock")
 
 
-async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
-    """Wire the daemon, its metrics, live reload and admin server onto ``runtime``, and run.
+async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) -> int:
+    """Wire the daemon, its metrics, live reload and admin server onto every account's runtime
+    (or one), and run.
 
     Runs until SIGTERM or SIGINT (or for ``run_for`` seconds: the demo); returns the exit code.
     """
@@ -218,27 +293,31 @@ async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
     from retention.metrics import Metrics, overdue_after
     from retention.reload import ConfigWatcher
 
-    settings, engine, stack = runtime.settings, runtime.engine, runtime.stack
+    runtimes = list(fleet) if isinstance(fleet, Fleet) else [fleet]
+    settings, stack = fleet.settings, fleet.stack
     schedule = settings.schedule
-    client = runtime.client
-    metrics = Metrics(
-        stats=client.stats,
-        budget=client.budget,
-        clock_reading=lambda: client.clock_reading,
-        max_clock_skew=settings.safety.max_clock_skew,
-    )
-    engine.listeners.append(metrics.observe_sweep)
-    watcher = ConfigWatcher(Path(settings.source), engine, settings)
+    metrics = Metrics(max_clock_skew=settings.safety.max_clock_skew)
+    for runtime in runtimes:
+        client = runtime.client
+        metrics.add_account(
+            runtime.account,
+            stats=client.stats,
+            budget=client.budget,
+            clock_reading=client.latest_clock_reading,
+        )
+        runtime.engine.listeners.append(metrics.observe_sweep)
+    engines = [r.engine for r in runtimes]
+    watcher = ConfigWatcher(Path(settings.source), engines, settings)
     daemon = Daemon(
-        engine,
+        engines,
         discover=Cadence(schedule.discover_every, schedule.discover_cron),
         delete=Cadence(schedule.delete_every, schedule.delete_cron),
         on_reload=watcher.reload,
     )
     if settings.admin.listen:
         context = web.AdminContext(
-            engine=engine,
-            store=runtime.store,
+            engines={r.account: r.engine for r in runtimes},
+            store=runtimes[0].store,
             metrics=metrics,
             health=daemon.health,
             admin_token=settings.admin_token,
@@ -249,10 +328,10 @@ async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
     if schedule.watch_config:
         watching = asyncio.create_task(watcher.watch())
         stack.callback(watching.cancel)
-    keeper = runtime.lease
-    if keeper is not None:  # a lost lease stops the daemon: another writer has taken over
+    keepers = [r.lease for r in runtimes if r.lease is not None]
+    for keeper in keepers:  # a lost lease stops the daemon: another writer has taken over
 
-        async def stop_when_lost() -> None:
+        async def stop_when_lost(keeper: LeaseKeeper = keeper) -> None:
             await keeper.lost.wait()
             daemon.request_stop()
 
@@ -267,4 +346,4 @@ async def run_daemon(runtime: Runtime, *, run_for: float | None = None) -> int:
         code = await daemon.run(run_for=run_for)
     finally:
         gc.unfreeze()  # an in-process caller (the demo, a test) gets its collector back whole
-    return 1 if keeper is not None and keeper.lost.is_set() else code
+    return 1 if any(keeper.lost.is_set() for keeper in keepers) else code

@@ -1,13 +1,31 @@
-"""The daemon's admin HTTP surface (aiohttp.web): health, metrics, tracking and the "why" view.
+"""The daemon's admin HTTP surface (aiohttp.web): health, metrics, tracking and the "why" view,
+for every account the daemon serves.
 
     GET  /healthz                             the process is alive
     GET  /readyz                              store reachable and migrated, sweeps not failing
-    GET  /metrics                             Prometheus text
-    GET  /v1/plan                             the due set, from the store (no API call)
-    GET  /v1/conversations/{agent}/{session}  facts, decision, audit rows
+    GET  /metrics                             Prometheus text (every account's figures)
+    GET  /v1/plan[?account=NAME]              the due set, from the store (no API call)
+    GET  /v1/conversations/{agent}/{session}  facts, decision, audit rows (the only account,
+                                              or the ``default`` one)
+    GET  /v1/accounts/{account}/conversations/{agent}/{session}   the same, in that account
     POST /v1/conversations                    create and track: {"agent_id", "name", "ttl"}
     POST /v1/tracked                          track: {"agent_id", "session_id", "ttl"}
     POST /v1/approve                          approve what is due now: {"agent_id"} or {}
+
+Accounts: every answer about conversations names its ``"account"``. The POST bodies take an
+optional ``"account"``: it may be left out only when the daemon serves one account (400 naming
+the accounts otherwise, so a change never lands in an account by default); an unknown name is a
+404 naming the known ones. ``/readyz`` lists ``"accounts"`` and reports every account's clock
+and breaker, each line prefixed ``NAME: `` when there are several.
+
+``/v1/plan`` keeps the shape of ``plan --json`` whatever the number of accounts, so a script
+written for one account reads several unchanged: ``due`` holds every account's items (in the
+config's order, each naming its ``account``), ``count`` their total, ``breaker`` and
+``held_back`` every account's reasons (prefixed ``NAME: `` when there are several; ``held_back``
+joined with ``"; "``, or null), ``api_calls`` the sum by kind, and ``dry_run`` is true only when
+every account runs dry. ``accounts`` names the accounts shown, and ``reports`` gives each one's
+own ``count``, ``dry_run``, ``breaker``, ``held_back`` and ``api_calls`` unprefixed, for a
+script that acts per account. ``?account=NAME`` shows that account only.
 
 Changing endpoints always need ``Authorization: Bearer <admin token>``; without an admin token
 configured they are off. When one is configured, the /v1 read endpoints need it too. The server
@@ -22,8 +40,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -34,7 +52,7 @@ from retention.daemon import Health
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
 from retention.metrics import CONTENT_TYPE, Metrics
-from retention.models import TrackedConversation
+from retention.models import DEFAULT_ACCOUNT, TrackedConversation
 from retention.schema import REVISION
 from retention.store import Store
 from retention.validation import first_error, problem_text
@@ -45,11 +63,15 @@ B = TypeVar("B", bound="_Body")
 M = TypeVar("M", bound=BaseModel)
 
 
+AccountName = Annotated[str, Field(min_length=1, max_length=63)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_id: AgentId
     ttl: Duration | None = None  # the config's duration type: "2h", "30d", "1d12h"
+    account: AccountName | None = None
 
 
 class CreateBody(_Body):
@@ -62,16 +84,70 @@ class TrackBody(_Body):
 
 @dataclass
 class AdminContext:
-    engine: Engine
-    store: Store
+    """What the handlers serve: each account's engine (its store view, client and rules) by
+    name, in the config's order, and what the accounts share."""
+
+    engines: dict[str, Engine]
+    store: Store  # any account's view of the one database: its revision and identity
     metrics: Metrics
     health: Health | None
     admin_token: SecretStr | None
     ready_after_failing: timedelta
     overdue_after: timedelta
 
+    def __post_init__(self) -> None:
+        if not self.engines:
+            raise ValueError("the admin surface needs at least one account's engine")
+        for name, engine in self.engines.items():
+            if engine.account != name:  # a change asked of one account must not land in another
+                raise ValueError(f"the engine under {name!r} works in account {engine.account!r}")
+
+    @property
+    def engine(self) -> Engine:
+        """The first account's engine (the only one, with one account)."""
+        return next(iter(self.engines.values()))
+
+    @property
+    def accounts(self) -> list[str]:
+        return list(self.engines)
+
+    @property
+    def several(self) -> bool:
+        return len(self.engines) > 1
+
+    def clock(self) -> datetime:
+        return self.engine.clock()
+
+    def labelled(self, account: str, line: str) -> str:
+        """``line``, prefixed with its account when there are several."""
+        return f"{account}: {line}" if self.several else line
+
+    def choose(self, account: str | None) -> Engine | web.Response:
+        """The named account's engine, or the only one; an error answer otherwise."""
+        if account is None:
+            if not self.several:
+                return self.engine
+            return _fail(
+                400,
+                f'several accounts: name one with "account" (one of: {self.names()})',
+                field="account",
+            )
+        engine = self.engines.get(account)
+        if engine is None:
+            return _fail(404, f"no account {account!r} (accounts: {self.names()})", field="account")
+        return engine
+
+    def store_of(self, engine: Engine) -> Store:
+        """The engine's own store view (its account's), as the concrete :class:`Store`."""
+        store = engine.store
+        return store if isinstance(store, Store) else self.store.for_account(engine.account)
+
+    def names(self) -> str:
+        return ", ".join(self.engines)
+
 
 CONTEXT = web.AppKey("context", AdminContext)
+WHY = "/conversations/{agent}/{session}"
 
 
 def build_app(ctx: AdminContext) -> web.Application:
@@ -81,7 +157,8 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/plan", _plan)
-    app.router.add_get("/v1/conversations/{agent}/{session}", _why)
+    app.router.add_get("/v1" + WHY, _why)
+    app.router.add_get("/v1/accounts/{account}" + WHY, _why)
     app.router.add_post("/v1/conversations", _create)
     app.router.add_post("/v1/tracked", _track)
     app.router.add_post("/v1/approve", _approve)
@@ -182,19 +259,25 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     except StoreError:
         pass  # said above
     health = ctx.health
-    now = ctx.engine.clock()
+    now = ctx.clock()
     for kind, since in sorted((health.failing_since if health else {}).items()):
         failing = now - since
         if failing > ctx.ready_after_failing:
             seconds = int(failing.total_seconds())
             problems.append(f"{kind} sweeps have been failing for {seconds}s")
-    if (skew := ctx.engine.context.clock_skew_problem(now)) is not None:
-        problems.append(f"deleting nothing: {skew}")
+    breaker: list[str] = []
+    for name, engine in ctx.engines.items():
+        at = engine.clock()
+        if (skew := engine.context.clock_skew_problem(at)) is not None:
+            problems.append(ctx.labelled(name, f"deleting nothing: {skew}"))
+        # Not a readiness problem: the daemon works as designed; an operator must decide.
+        reasons = (await engine.breaker_verdict(at)).reasons()
+        breaker.extend(ctx.labelled(name, reason) for reason in reasons)
     body: dict[str, Any] = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
-        # Not a readiness problem: the daemon works as designed; an operator must decide.
-        "breaker": (await ctx.engine.breaker_verdict(now)).reasons(),
+        "breaker": breaker,
+        "accounts": ctx.accounts,
     }
     if health is not None:
         successes = health.last_success_at
@@ -205,95 +288,143 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    rows = await ctx.store.journal.status(ctx.engine.clock(), overdue_after=ctx.overdue_after)
-    ctx.metrics.set_store_figures(rows)
+    figures = {
+        name: await ctx.store_of(engine).journal.status(
+            engine.clock(), overdue_after=ctx.overdue_after
+        )
+        for name, engine in ctx.engines.items()
+    }
+    ctx.metrics.set_store_figures(figures)
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _plan(request: web.Request) -> web.StreamResponse:
+    """Every account's plan, or ``?account=NAME``'s (the module's docstring: the shape)."""
     ctx = request.app[CONTEXT]
-    items, report = await ctx.engine.plan(discover=False, confirm=False)
-    return web.json_response(render.plan_json(items, report, now=ctx.engine.clock()))
+    asked = request.query.getall("account", [])
+    if len(asked) > 1:
+        return _fail(400, "name one account, or none for all", field="account")
+    if asked:
+        chosen = ctx.choose(asked[0])
+        if isinstance(chosen, web.Response):
+            return chosen
+        engines = [chosen]
+    else:
+        engines = list(ctx.engines.values())
+    now = ctx.clock()
+    plans = [await engine.plan(discover=False, confirm=False) for engine in engines]
+    return web.json_response(render.plans_json(plans, now=now))
 
 
 async def _why(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
+    if (account := request.match_info.get("account")) is not None:
+        chosen = ctx.choose(account)
+        if isinstance(chosen, web.Response):
+            return chosen
+        engine = chosen
+    elif not ctx.several:
+        engine = ctx.engine
+    elif DEFAULT_ACCOUNT in ctx.engines:
+        engine = ctx.engines[DEFAULT_ACCOUNT]
+    else:
+        return _fail(
+            400,
+            f"several accounts and none is {DEFAULT_ACCOUNT!r}: use "
+            f"/v1/accounts/{{account}}{WHY} (accounts: {ctx.names()})",
+            field="account",
+        )
     text = request.match_info["agent"]
     agent_id = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
     if not is_agent_id(agent_id):
         return _fail(400, "agent must be a positive 64-bit integer", field="agent")
     session_id = request.match_info["session"]
-    record = await ctx.store.get(agent_id, session_id)
+    store = ctx.store_of(engine)
+    record = await store.get(agent_id, session_id)
     if record is None:
-        return _fail(404, f"conversation {session_id} of agent {agent_id} is not tracked")
-    now = ctx.engine.clock()
-    trail = await ctx.store.journal.audit_trail(agent_id, session_id)
-    body = render.record_json(record, now=now)
+        where = f" in account {engine.account!r}" if ctx.several else ""
+        return _fail(404, f"conversation {session_id} of agent {agent_id} is not tracked{where}")
+    trail = await store.journal.audit_trail(agent_id, session_id)
+    body = _named(engine, render.record_json(record, now=engine.clock()))
     body["audit"] = [render.audit_json(a) for a in trail]
     return web.json_response(body)
 
 
-async def _create(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
+def _named(engine: Engine, body: dict[str, Any]) -> dict[str, Any]:
+    """``body``, naming the account it is about first."""
+    return {"account": engine.account, **body}
 
-    async def act(body: CreateBody) -> TrackedConversation:
+
+async def _create(request: web.Request) -> web.StreamResponse:
+    async def act(engine: Engine, body: CreateBody) -> TrackedConversation:
         return await tracking.create(
-            ctx.engine.context, agent_id=body.agent_id, name=body.name, ttl=body.ttl
+            engine.context, agent_id=body.agent_id, name=body.name, ttl=body.ttl
         )
 
-    return await _record_change(ctx, request, CreateBody, act)
+    return await _record_change(request, CreateBody, act)
 
 
 async def _track(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-
-    async def act(body: TrackBody) -> TrackedConversation:
+    async def act(engine: Engine, body: TrackBody) -> TrackedConversation:
         return await tracking.track(
-            ctx.engine.context,
+            engine.context,
             agent_id=body.agent_id,
             session_id=body.session_id,
             ttl=body.ttl,
         )
 
-    return await _record_change(ctx, request, TrackBody, act)
+    return await _record_change(request, TrackBody, act)
 
 
 class ApproveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_id: AgentId | None = None
+    account: AccountName | None = None
 
 
 async def _approve(request: web.Request) -> web.StreamResponse:
-    """Approve exactly what is due now (of one agent, or all) past the mass-deletion breaker."""
+    """Approve exactly what is due now (of one agent, or all) in one account past the
+    mass-deletion breaker."""
     ctx = request.app[CONTEXT]
     body = await _parse(request, ApproveBody)
     if isinstance(body, web.Response):
         return body
-    approved = await ctx.store.approve(ctx.engine.clock(), agent_id=body.agent_id)
+    engine = ctx.choose(body.account)
+    if isinstance(engine, web.Response):
+        return engine
+    approved = await ctx.store_of(engine).approve(engine.clock(), agent_id=body.agent_id)
     logger.warning(
-        "approved %d due conversations in %s past the breaker (admin API)",
+        "approved %d due conversations in %s of account %s past the breaker (admin API)",
         approved,
-        f"agent {body.agent_id}" if body.agent_id is not None else "the account",
+        f"agent {body.agent_id}" if body.agent_id is not None else "every agent",
+        engine.account,
     )
-    return web.json_response({"approved": approved, "agent_id": body.agent_id})
+    return web.json_response(
+        {"approved": approved, "agent_id": body.agent_id, "account": engine.account}
+    )
 
 
 async def _record_change(
-    ctx: AdminContext,
     request: web.Request,
     model: type[B],
-    act: Callable[[B], Awaitable[TrackedConversation]],
+    act: Callable[[Engine, B], Awaitable[TrackedConversation]],
 ) -> web.StreamResponse:
-    """Validate the body (nothing is written when it is bad), act, answer 201 with the record."""
+    """Validate the body and choose the account (nothing is written when either is wrong),
+    act through that account's engine, answer 201 with the record."""
     body = await _parse(request, model)
     if isinstance(body, web.Response):
         return body
+    engine = request.app[CONTEXT].choose(body.account)
+    if isinstance(engine, web.Response):
+        return engine
     try:
-        record = await act(body)
+        record = await act(engine, body)
     except ApiError as exc:
         return _api_failure(exc, body.agent_id)
-    return web.json_response(render.record_json(record, now=ctx.engine.clock()), status=201)
+    return web.json_response(
+        _named(engine, render.record_json(record, now=engine.clock())), status=201
+    )
 
 
 async def _parse(request: web.Request, model: type[M]) -> M | web.Response:

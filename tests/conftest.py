@@ -230,7 +230,7 @@ def context(engine: Engine, store: Store) -> AdminContext:
     )
     engine.listeners.append(metrics.observe_sweep)
     return AdminContext(
-        engine=engine,
+        engines={engine.account: engine},
         store=store,
         metrics=metrics,
         health=Health(started_at=datetime.now(UTC)),

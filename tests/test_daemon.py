@@ -51,7 +51,9 @@ async def test_daemon_survives_a_sweep_that_raises(
     await wait_for(lambda: not (set(due) & emulator.live_sessions(532)))
     daemon.request_stop()
     assert await asyncio.wait_for(running, timeout=10) == 0
-    failures = [r for r in caplog.records if r.getMessage() == "discover sweep failed"]
+    failures = [
+        r for r in caplog.records if r.getMessage() == "discover sweep of account default failed"
+    ]
     assert failures and failures[0].exc_info is not None, "logged with its traceback"
     assert set(daemon.health.last_success_at) == {"discover", "delete"}
     assert daemon.health.failing_since == {}

@@ -85,7 +85,9 @@ async def test_a_404_on_the_retry_after_the_server_acted_is_audited_as_deleted(
     [sweep] = await store.journal.last_sweeps(1)
     assert (sweep.deleted, sweep.already_gone) == (1, 0)
     scraped = metrics.render().decode()
-    assert 'retention_deletions_total{outcome="deleted",rule="temp"} 1.0' in scraped
+    assert (
+        'retention_deletions_total{account="default",outcome="deleted",rule="temp"} 1.0' in scraped
+    )
     assert "already_gone" not in scraped
 
 

@@ -149,8 +149,11 @@ async def test_scrape_and_status_figures_equal_a_full_recount_after_random_opera
         done,
     )
     scrape = Metrics(stats=client.stats, budget=client.budget)  # type: ignore[attr-defined]
-    scrape.set_store_figures(await store.journal.status(now, overdue_after=OVERDUE_AFTER))
+    scrape.set_store_figures(
+        {store.account: await store.journal.status(now, overdue_after=OVERDUE_AFTER)}
+    )
     text = scrape.render().decode()
     for row in status:
-        assert f'retention_conversations_tracked{{agent="{row.agent_id}"}} {row.tracked}.0' in text
-        assert f'retention_conversations_held{{agent="{row.agent_id}"}} {row.held}.0' in text
+        labels = f'{{account="default",agent="{row.agent_id}"}}'
+        assert f"retention_conversations_tracked{labels} {row.tracked}.0" in text
+        assert f"retention_conversations_held{labels} {row.held}.0" in text

@@ -155,4 +155,4 @@ async def test_reload_waits_for_the_file_to_settle_and_parses_what_it_read(
     writing = asyncio.create_task(writer())
     assert await watcher.reload("test")
     await writing
-    assert [p.name for p in watcher.engine.rules.policies] == ["settled"]
+    assert [p.name for p in watcher.engines[0].rules.policies] == ["settled"]

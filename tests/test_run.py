@@ -155,5 +155,5 @@ async def test_a_daemon_whose_clock_runs_a_day_ahead_deletes_nothing(
     assert young.session_id in emulator.live_sessions(532)
     assert emulator.calls("DELETE") == []
     assert any("1d ahead of the server's Date" in p for p in problems), problems
-    assert "retention_clock_skew_exceeded 1.0" in metrics
+    assert 'retention_clock_skew_exceeded{account="default"} 1.0' in metrics
     assert "deleting nothing this sweep: the local clock" in output, output

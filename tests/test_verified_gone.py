@@ -93,9 +93,13 @@ async def test_a_delete_200_that_did_not_take_is_audited_counted_and_queued_agai
     final = await store.get(AGENT, target.session_id)
     assert final is not None and final.state is State.DELETED
     scraped = metrics.render().decode()
-    assert "retention_deletions_unverified_total 1.0" in scraped
-    assert 'retention_deletions_total{outcome="failed",rule="temp"} 1.0' in scraped
-    assert 'retention_deletions_total{outcome="deleted",rule="temp"} 2.0' in scraped
+    assert 'retention_deletions_unverified_total{account="default"} 1.0' in scraped
+    assert (
+        'retention_deletions_total{account="default",outcome="failed",rule="temp"} 1.0' in scraped
+    )
+    assert (
+        'retention_deletions_total{account="default",outcome="deleted",rule="temp"} 2.0' in scraped
+    )
     [*_, last] = await store.journal.last_sweeps(3)
     assert last.failed == 0
 

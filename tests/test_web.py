@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from retention.client import CustomGPTClient
 from retention.emulator import Emulator
 from retention.engine import Engine
 from retention.errors import ConfigError
@@ -62,7 +63,7 @@ async def test_a_skewed_clock_fails_readiness_and_shows_in_metrics(
     await engine.sweep()
     skewed = replace(
         context,
-        engine=engine,
+        engines={engine.account: engine},
         metrics=Metrics(
             stats=client.stats, budget=client.budget, clock_reading=lambda: client.clock_reading
         ),
@@ -107,15 +108,19 @@ async def test_metrics_parse_and_show_every_series(
         for f in families.values()
         for s in f.samples
     }
-    assert samples[("retention_conversations_tracked", (("agent", "532"),))] == 45
     assert (
-        samples[("retention_deletions_total", (("outcome", "deleted"), ("rule", "test-chats")))]
-        == 1
+        samples[("retention_conversations_tracked", (("account", "default"), ("agent", "532")))]
+        == 45
     )
-    assert samples[("retention_api_calls_total", (("kind", "delete"), ("status", "200")))] == 1
-    assert abs(samples[("retention_clock_skew_seconds", ())]) < 5, "the emulator's clock is ours"
-    assert samples[("retention_clock_skew_exceeded", ())] == 0
-    assert samples[("retention_sweep_duration_seconds_count", (("kind", "once"),))] == 1
+    default = ("account", "default")
+    deleted = (default, ("outcome", "deleted"), ("rule", "test-chats"))
+    assert samples[("retention_deletions_total", deleted)] == 1
+    calls = (default, ("kind", "delete"), ("status", "200"))
+    assert samples[("retention_api_calls_total", calls)] == 1
+    skew = samples[("retention_clock_skew_seconds", (default,))]
+    assert abs(skew) < 5, "the emulator's clock is ours"
+    assert samples[("retention_clock_skew_exceeded", (default,))] == 0
+    assert samples[("retention_sweep_duration_seconds_count", (default, ("kind", "once")))] == 1
 
 
 async def test_create_with_ttl_creates_on_the_api_and_tracks(
@@ -295,7 +300,7 @@ async def test_the_breaker_shows_in_readyz_and_metrics_and_approve_releases_it(
     everything = Policy(name="all", agents=frozenset({532}), max_age=timedelta(seconds=1))
     engine = make_engine((everything,))
     engine.listeners.append(context.metrics.observe_sweep)
-    context.engine = engine
+    context.engines = {engine.account: engine}
     report = await engine.sweep("delete")
     assert report.deleted == 0
     status, body = await call(http, "GET", admin + "/readyz")
@@ -307,12 +312,12 @@ async def test_the_breaker_shows_in_readyz_and_metrics_and_approve_releases_it(
         for f in text_string_to_metric_families(text)
         for s in f.samples
     }
-    assert samples[("retention_breaker_tripped", (("scope", "532"),))] == 1
+    assert samples[("retention_breaker_tripped", (("account", "default"), ("scope", "532")))] == 1
     assert (await call(http, "POST", admin + "/v1/approve", json={}))[0] == 401
     status, body = await call(
         http, "POST", admin + "/v1/approve", json={"agent_id": 532}, headers=AUTH
     )
-    assert (status, body) == (200, {"approved": 45, "agent_id": 532})
+    assert (status, body) == (200, {"approved": 45, "agent_id": 532, "account": "default"})
     assert (await engine.sweep("delete")).deleted == 45
     assert (await call(http, "GET", admin + "/readyz"))[1]["breaker"] == []
 
@@ -331,3 +336,205 @@ async def test_a_store_removed_under_the_admin_surface_fails_readiness_and_write
     status, error = await call(http, "POST", admin + "/v1/conversations", json=create, headers=AUTH)
     assert status == 503 and "was removed" in error["error"]
     assert not emulator.calls("POST")
+
+
+# ---- several accounts on one store ----------------------------------------------------------
+
+ACME_CHATS = Policy(
+    name="acme-chats", agents=frozenset({532}), name_matches=("Acme*",), max_age=timedelta(hours=1)
+)
+
+
+@pytest.fixture
+def acme(client: CustomGPTClient, store: Store, context: AdminContext) -> Engine:
+    """A second account, "acme", on the same database (its own view) and, for this web-level
+    test, the same emulator and client; the admin context serves both, default first."""
+    engine = Engine(client, store.for_account("acme"), Rules((ACME_CHATS,), ()))
+    engine.listeners.append(context.metrics.observe_sweep)
+    context.metrics.add_account(
+        "acme", stats=client.stats, budget=client.budget, clock_reading=lambda: None
+    )
+    context.engines = {**context.engines, "acme": engine}
+    return engine
+
+
+async def test_with_two_accounts_readyz_names_them(
+    http: aiohttp.ClientSession, admin: str, acme: Engine
+) -> None:
+    status, body = await call(http, "GET", admin + "/readyz")
+    assert status == 200 and body["accounts"] == ["default", "acme"]
+    assert body["problems"] == [] and body["breaker"] == []
+    assert (await call(http, "GET", admin + "/metrics"))[0] == 200
+
+
+async def test_plan_shows_every_account_or_the_one_asked_for(
+    http: aiohttp.ClientSession, admin: str, engine: Engine, acme: Engine, emulator: Emulator
+) -> None:
+    now = datetime.now(UTC)
+    ours = emulator.state.add_conversation(532, "Test due", created_at=now - timedelta(hours=2))
+    theirs = emulator.state.add_conversation(532, "Acme due", created_at=now - timedelta(hours=2))
+    await engine.plan()  # discovery in each account
+    await acme.plan()
+    status, plan = await call(http, "GET", admin + "/v1/plan?account=acme", headers=AUTH)
+    assert status == 200
+    assert [(i["account"], i["session_id"], i["rule"]) for i in plan["due"]] == [
+        ("acme", theirs.session_id, "acme-chats")
+    ]
+    assert (plan["count"], plan["accounts"], list(plan["reports"])) == (1, ["acme"], ["acme"])
+    status, plan = await call(http, "GET", admin + "/v1/plan", headers=AUTH)
+    assert status == 200 and plan["accounts"] == ["default", "acme"]
+    assert [(i["account"], i["session_id"]) for i in plan["due"]] == [
+        ("default", ours.session_id),
+        ("acme", theirs.session_id),
+    ]
+    assert plan["count"] == 2
+    assert {name: r["count"] for name, r in plan["reports"].items()} == {"default": 1, "acme": 1}
+    assert plan["breaker"] == [] and plan["held_back"] is None and plan["dry_run"] is False
+    status, error = await call(http, "GET", admin + "/v1/plan?account=nope", headers=AUTH)
+    assert status == 404 and error["field"] == "account"
+    assert "'nope'" in error["error"] and "default, acme" in error["error"]
+
+
+async def test_create_writes_into_the_named_account_only(
+    http: aiohttp.ClientSession, admin: str, acme: Engine, emulator: Emulator, store: Store
+) -> None:
+    body = {"agent_id": 532, "name": "Acme's chat", "ttl": "2h", "account": "acme"}
+    status, record = await call(http, "POST", admin + "/v1/conversations", json=body, headers=AUTH)
+    assert status == 201 and record["account"] == "acme"
+    session_id = record["session_id"]
+    assert session_id in emulator.live_sessions(532)
+    assert await store.get(532, session_id) is None, "the default account does not see it"
+    stored = await store.for_account("acme").get(532, session_id)
+    assert stored is not None and stored.ttl == timedelta(hours=2)
+    status, why = await call(
+        http, "GET", f"{admin}/v1/accounts/acme/conversations/532/{session_id}", headers=AUTH
+    )
+    assert status == 200 and (why["account"], why["origin"]) == ("acme", "created")
+    status, error = await call(
+        http, "GET", f"{admin}/v1/conversations/532/{session_id}", headers=AUTH
+    )
+    assert status == 404 and "in account 'default'" in error["error"], "the default's view"
+
+
+@pytest.mark.parametrize("path", ["/v1/conversations", "/v1/tracked", "/v1/approve"])
+async def test_with_two_accounts_a_change_must_name_a_known_one(
+    http: aiohttp.ClientSession,
+    admin: str,
+    acme: Engine,
+    emulator: Emulator,
+    store: Store,
+    path: str,
+) -> None:
+    session_id = next(iter(emulator.state.agents[532].conversations))
+    bodies: dict[str, dict[str, Any]] = {
+        "/v1/conversations": {"agent_id": 532, "name": "x", "ttl": "2h"},
+        "/v1/tracked": {"agent_id": 532, "session_id": session_id, "ttl": "2h"},
+        "/v1/approve": {"agent_id": 532},
+    }
+    body = bodies[path]
+    status, error = await call(http, "POST", admin + path, json=body, headers=AUTH)
+    assert status == 400 and error["field"] == "account"
+    assert "several accounts" in error["error"] and "default, acme" in error["error"]
+    status, error = await call(
+        http, "POST", admin + path, json={**body, "account": "nope"}, headers=AUTH
+    )
+    assert status == 404 and error["field"] == "account"
+    assert "no account 'nope'" in error["error"] and "default, acme" in error["error"]
+    status, error = await call(
+        http, "POST", admin + path, json={**body, "account": 7}, headers=AUTH
+    )
+    assert status == 400 and error["field"] == "account"
+    assert emulator.calls("POST") == [] and emulator.calls("GET") == []
+    assert await store.conversations() == []
+    assert await store.for_account("acme").conversations() == []
+
+
+async def test_track_and_approve_act_in_the_named_account(
+    http: aiohttp.ClientSession,
+    admin: str,
+    engine: Engine,
+    acme: Engine,
+    emulator: Emulator,
+    store: Store,
+    context: AdminContext,
+) -> None:
+    session_id = next(iter(emulator.state.agents[532].conversations))
+    body = {"agent_id": 532, "session_id": session_id, "ttl": "30m", "account": "acme"}
+    status, record = await call(http, "POST", admin + "/v1/tracked", json=body, headers=AUTH)
+    assert status == 201 and (record["account"], record["origin"]) == ("acme", "registered")
+    assert await store.get(532, session_id) is None
+    # The breaker trips in acme only: everything there is due; the default account keeps all.
+    everything = Policy(name="all", agents=frozenset({532}), max_age=timedelta(seconds=1))
+    acme_all = Engine(acme.context.api, acme.store, Rules((everything,), ()))
+    context.engines = {"default": engine, "acme": acme_all}
+    await engine.plan()
+    await acme_all.plan()
+    status, ready = await call(http, "GET", admin + "/readyz")
+    # 44 of 45: the one tracked with its own TTL is not due yet.
+    assert status == 200 and ready["breaker"][0].startswith("acme: agent 532: 44 of 45 live")
+    assert all(line.startswith("acme: ") for line in ready["breaker"])
+    approve = {"agent_id": 532, "account": "acme"}
+    status, body = await call(http, "POST", admin + "/v1/approve", json=approve, headers=AUTH)
+    assert (status, body) == (200, {"approved": 44, "agent_id": 532, "account": "acme"})
+    assert (await call(http, "GET", admin + "/readyz"))[1]["breaker"] == []
+
+
+async def test_the_plain_why_view_needs_a_default_account_among_several(
+    http: aiohttp.ClientSession,
+    engine: Engine,
+    acme: Engine,
+    emulator: Emulator,
+    store: Store,
+    context: AdminContext,
+) -> None:
+    old = emulator.state.add_conversation(
+        532, "Acme old", created_at=datetime.now(UTC) - timedelta(hours=2)
+    )
+    beta = Engine(acme.context.api, store.for_account("beta"), Rules((), ()))
+    await acme.plan()
+    await engine.plan()
+    context.engines = {"acme": acme, "beta": beta}
+    async with serve(context, "127.0.0.1:0") as url:
+        where = f"conversations/532/{old.session_id}"
+        status, error = await call(http, "GET", f"{url}/v1/{where}", headers=AUTH)
+        assert status == 400 and "/v1/accounts/{account}/conversations" in error["error"]
+        assert "acme, beta" in error["error"]
+        status, why = await call(http, "GET", f"{url}/v1/accounts/acme/{where}", headers=AUTH)
+        assert status == 200 and (why["account"], why["rule"]) == ("acme", "acme-chats")
+        status, error = await call(http, "GET", f"{url}/v1/accounts/beta/{where}", headers=AUTH)
+        assert status == 404 and "in account 'beta'" in error["error"], "beta never saw it"
+        status, error = await call(http, "GET", f"{url}/v1/accounts/gone/{where}", headers=AUTH)
+        assert status == 404 and "no account 'gone'" in error["error"]
+    context.engines = {"default": engine, "acme": acme}
+    async with serve(context, "127.0.0.1:0") as url:
+        status, why = await call(http, "GET", f"{url}/v1/{where}", headers=AUTH)
+        assert status == 200 and (why["account"], why["rule"]) == ("default", None)
+
+
+async def test_a_skewed_clock_in_one_account_is_named_in_readyz(
+    http: aiohttp.ClientSession,
+    make_client: ClientFactory,
+    store: Store,
+    engine: Engine,
+    context: AdminContext,
+) -> None:
+    def ahead() -> datetime:
+        return datetime.now(UTC) + timedelta(days=1)
+
+    client = make_client(clock=ahead)
+    skewed = Engine(client, store.for_account("acme"), Rules((ACME_CHATS,), ()), clock=ahead)
+    await skewed.sweep()
+    context.engines = {"default": engine, "acme": skewed}
+    async with serve(context, "127.0.0.1:0") as url:
+        status, body = await call(http, "GET", url + "/readyz")
+    assert status == 503 and body["accounts"] == ["default", "acme"]
+    assert [p.split(" (")[0] for p in body["problems"]] == [
+        "acme: deleting nothing: the local clock"
+    ]
+
+
+def test_an_engine_must_sit_under_its_own_account(context: AdminContext, store: Store) -> None:
+    with pytest.raises(ValueError, match="works in account 'default'"):
+        replace(context, engines={"acme": context.engine})
+    with pytest.raises(ValueError, match="at least one"):
+        replace(context, engines={})
