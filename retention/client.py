@@ -91,6 +91,12 @@ class CustomGPTClient:
         self._timeout = aiohttp.ClientTimeout(
             total=request_timeout.total_seconds(), connect=connect_timeout.total_seconds()
         )
+        # Who acts, checked and said just before each request goes out (the runtime sets it for
+        # a writer): raises LeaseLost once the account's lease is not held here, so a replica
+        # that lost it (paused, cut off, handing it over) sends nothing more; the text goes in
+        # the User-Agent, so the server's logs show which replica, under which lease, sent it.
+        self.identify: Callable[[], str] | None = None
+        self.in_flight = 0  # requests sent and not yet answered
         # "Full jitter": a random wait up to initial * 2**n, capped; callers spread out.
         self._wait = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)
 
@@ -104,6 +110,10 @@ class CustomGPTClient:
         Every response counts, errors and 429s too; the most recent one wins.
         """
         return self._clock_reading
+
+    def idle(self) -> bool:
+        """No request sent and still unanswered."""
+        return self.in_flight == 0
 
     def latest_clock_reading(self) -> ClockReading | None:
         """:attr:`clock_reading`, as a callable (the metrics read it at scrape time)."""
@@ -380,13 +390,17 @@ class CustomGPTClient:
             await self.budget.acquire(urgent=urgent)
             if go_ahead is not None and not await go_ahead():
                 raise _Withdrawn
+            sent = self._headers()
+            if self.identify is not None:
+                sent["User-Agent"] += f" ({self.identify()})"
+            self.in_flight += 1
             try:
                 async with self._session.request(
                     method,
                     self._base_url + path,
                     params=params,
                     json=json_body,
-                    headers=self._headers(),
+                    headers=sent,
                     timeout=self._timeout,
                     middlewares=(dropped,),
                 ) as response:
@@ -411,6 +425,8 @@ class CustomGPTClient:
                     may_have_acted=not connecting,
                     **where,
                 ) from None
+            finally:
+                self.in_flight -= 1
         server_time = payloads.server_time(headers)
         if server_time is not None:
             self._clock_reading = ClockReading(

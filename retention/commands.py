@@ -33,6 +33,7 @@ from retention.models import SweepReport, TrackedConversation
 from retention.runtime import (
     Runtime,
     breaker_limits,
+    is_sqlite,
     open_fleet,
     open_runtime,
     open_store,
@@ -274,7 +275,10 @@ async def approve(settings: Settings, *, agent_id: int | None, account: str | No
 async def run(settings: Settings, *, standby: bool = False) -> int:
     preflight(settings)  # exactly what `retention check` refuses, before anything is opened
     logger.info("effective configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    async with open_fleet(settings, writer=True, standby=standby) as fleet:
+    # On a shared database (PostgreSQL) every `run` is a replica: the live ones split the
+    # accounts through their leases. A SQLite file has one writer: a second refuses or stands by.
+    shared = not is_sqlite(settings.store.url)
+    async with open_fleet(settings, writer=not shared, standby=standby, replica=shared) as fleet:
         return await run_daemon(fleet)
 
 

@@ -24,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from retention.engine import Engine
+from retention.errors import LeaseLost
 from retention.models import DEFAULT_ACCOUNT
 from retention.timefmt import format_duration
 from retention.triggers import build_trigger
@@ -166,6 +167,9 @@ class Daemon:
     async def _sweep(self, engine: Engine, kind: str) -> None:
         if self._stop.is_set():
             return
+        lease = engine.context.lease
+        if lease is not None and not lease.valid():
+            return  # a replica works only in the accounts whose lease it holds now
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
@@ -174,6 +178,9 @@ class Daemon:
             report = await engine.sweep(kind, discover=kind == "discover", delete=kind == "delete")
         except asyncio.CancelledError:
             raise
+        except LeaseLost as exc:
+            # Handed over, or lost while paused: another replica works in the account now.
+            logger.info("%s sweep of account %s stopped: %s", kind, engine.account, exc)
         except Exception:
             # One bad sweep never kills the daemon, nor delays another account's: say what
             # happened and run on; the job runs again at its next time.

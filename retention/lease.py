@@ -57,6 +57,7 @@ class LeaseKeeper:
         scope: str = ACCOUNT_SCOPE,
         ttl: timedelta = timedelta(seconds=30),
         lock_file: Path | None = None,
+        holder: str | None = None,
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -66,7 +67,7 @@ class LeaseKeeper:
         self.lock_file = lock_file
         self.clock = clock
         self.monotonic = monotonic
-        self.holder = holder_name(clock())
+        self.holder = holder or holder_name(clock())
         self.lost = asyncio.Event()
         self._lease: Lease | None = None
         self._valid_until = 0.0  # monotonic: a pause past this cannot go unnoticed
@@ -128,6 +129,45 @@ class LeaseKeeper:
             await asyncio.sleep(poll or self.ttl.total_seconds() / 3)
             if self._lock_fd is None and self.lock_file:
                 self._lock_fd = _os_lock(self.lock_file)
+
+    async def try_take(self) -> bool:
+        """One attempt at a free, lapsed or already-ours lease (a replica taking its share);
+        True when it is held now. No OS lock: replicas share the store on purpose."""
+        started = self.monotonic()
+        lease = await self.store.take_lease(self.scope, self.holder, now=self.clock(), ttl=self.ttl)
+        if lease is None:
+            return False
+        if self._lease is None or lease.token != self._lease.token:
+            logger.info("lease on %s taken (token %d)", self.scope, lease.token)
+        self._hold(lease, started)
+        return True
+
+    async def renew_once(self) -> bool:
+        """Renew a held lease once; False (and not held any more) when it is no longer ours:
+        lapsed and taken by another, or this process was paused past it."""
+        if self._lease is None:
+            return False
+        started = self.monotonic()
+        renewed = await self.store.renew_lease(self._lease, now=self.clock(), ttl=self.ttl)
+        if renewed is None or started > self._valid_until:
+            logger.warning(
+                "lease on %s lost (taken by another, or this process paused)", self.scope
+            )
+            self._lease = None
+            return False
+        self._hold(renewed, started)
+        return True
+
+    def stand_down(self) -> None:
+        """Stop counting the lease as held here, at once and locally: no new request or intent
+        goes out under it. :meth:`release` then gives it back in the store."""
+        self._valid_until = 0.0
+
+    def describe(self) -> str:
+        """Who acts, under which lease: for the User-Agent of every request made under it.
+        LeaseLost when the lease is not (or no longer) held."""
+        lease = self.current()
+        return f"replica {self.holder}; lease {lease.scope}#{lease.token}"
 
     async def keep(self) -> None:
         """Renew every third of the lease's time until cancelled; on a loss, say so and stop."""

@@ -25,12 +25,14 @@ from sqlalchemy.engine import make_url
 from retention.breaker import Limits
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
+from retention.clocks import utc_now
 from retention.config import ENV_PREFIX, TOKEN_ENV, Account, Settings, check_admin_listen
 from retention.engine import Engine
 from retention.errors import ConfigError
-from retention.lease import LeaseKeeper, lease_scope
+from retention.lease import LeaseKeeper, holder_name, lease_scope
 from retention.logs import Secrets
 from retention.models import DEFAULT_ACCOUNT
+from retention.replicas import Replicas, Slot
 from retention.store import Store
 from retention.sweep import EngineOptions, Progress, Sweep
 
@@ -63,6 +65,7 @@ class Fleet:
     store: Store  # the default account's view; each runtime has its own
     runtimes: dict[str, Runtime]
     stack: AsyncExitStack
+    replicas: Replicas | None = None  # sharing the accounts with other replicas (run)
 
     def __iter__(self) -> Iterator[Runtime]:
         return iter(self.runtimes.values())
@@ -211,9 +214,11 @@ async def open_fleet(
     create: bool = True,
     writer: bool = False,
     standby: bool = False,
+    replica: bool = False,
 ) -> AsyncIterator[Fleet]:
     """A :class:`Runtime` for each account (``accounts``: these only), on one store and one
-    HTTP session. A ``writer`` takes every account's lease (see :func:`open_runtime`)."""
+    HTTP session. A ``writer`` takes every account's lease (see :func:`open_runtime`); a
+    ``replica`` takes none here: its :class:`Replicas` takes its share as it runs."""
     chosen = [a for a in settings.account_list() if accounts is None or a.name in accounts]
     tokens = {a.name: require_token(settings, a) for a in chosen}
     for warning in settings.warnings:
@@ -247,10 +252,31 @@ async def open_fleet(
             runtimes[account.name] = Runtime(
                 settings, store, client, engine, stack, account=account.name
             )
-        if writer:
+        replicas = None
+        if replica:
+            replicas = _replicas(settings, root, runtimes)
+        elif writer:
             for runtime in runtimes.values():
                 runtime.lease = await _take_lease(settings, runtime, stack, standby=standby)
-        yield Fleet(settings, root, runtimes, stack)
+        yield Fleet(settings, root, runtimes, stack, replicas)
+
+
+def _replicas(settings: Settings, root: Store, runtimes: dict[str, Runtime]) -> Replicas:
+    """A lease per account, not taken yet, guarding its engine and client: the replica's
+    coordinator takes and hands them over as the live replicas change."""
+    holder = holder_name(utc_now())
+    slots = []
+    for runtime in runtimes.values():
+        keeper = LeaseKeeper(
+            runtime.store,
+            scope=lease_scope(runtime.account),
+            ttl=settings.store.lease_ttl,
+            holder=holder,
+        )
+        runtime.lease = runtime.engine.context.lease = keeper
+        runtime.client.identify = keeper.describe
+        slots.append(Slot(runtime.account, keeper, idle=runtime.client.idle))
+    return Replicas(root, slots, holder=holder, ttl=settings.store.lease_ttl)
 
 
 async def _take_lease(
@@ -267,7 +293,19 @@ async def _take_lease(
     keeping = asyncio.create_task(keeper.keep())
     stack.callback(keeping.cancel)
     runtime.engine.context.lease = keeper
+    runtime.client.identify = keeper.describe
     return keeper
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait for it to end (its own clean-up included)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether the store is a SQLite file (one writer) rather than a shared database."""
+    return make_url(url).get_backend_name() == "sqlite"
 
 
 def lock_file_of(settings: Settings, account: str = DEFAULT_ACCOUNT) -> Path | None:
@@ -328,7 +366,11 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
     if schedule.watch_config:
         watching = asyncio.create_task(watcher.watch())
         stack.callback(watching.cancel)
-    keepers = [r.lease for r in runtimes if r.lease is not None]
+    replicas = fleet.replicas if isinstance(fleet, Fleet) else None
+    if replicas is not None:  # a replica: its leases come and go; losing one stops nothing
+        balancing = asyncio.create_task(replicas.run())
+        stack.push_async_callback(_stopped, balancing)
+    keepers = [r.lease for r in runtimes if r.lease is not None and replicas is None]
     for keeper in keepers:  # a lost lease stops the daemon: another writer has taken over
 
         async def stop_when_lost(keeper: LeaseKeeper = keeper) -> None:

@@ -91,7 +91,7 @@ def _as_utc(value: datetime | None) -> datetime | None:
 metadata = MetaData()
 # The migration these tables mirror: the head of migrations/versions (a test checks it), known
 # without parsing the migration scripts, which read-only commands and /readyz would pay for.
-REVISION = "0010"
+REVISION = "0011"
 
 # Every row names its CustomGPT account (migration 0010): agent ids are unique only within one.
 # The server default is the account of a config without [[accounts]]; the store always names it.
@@ -224,6 +224,16 @@ leases = Table(
     Column("token", Integer, nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# Daemons sharing the store: a replica is live while its heartbeat is younger than the lease
+# time; the live ones split the accounts between them (migration 0011).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("beat_at", UTCDateTime, nullable=False),
 )
 
 meta = Table(

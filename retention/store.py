@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from retention import decisions
@@ -49,6 +49,7 @@ from retention.schema import (
     lease_from_row,
     leases,
     meta,
+    replicas,
 )
 
 logger = logging.getLogger(__name__)
@@ -550,6 +551,45 @@ class Store:
                 )
                 .values(expires_at=now)
             )
+
+    async def leases(self, prefix: str = "") -> list[Lease]:
+        """Every lease whose scope starts with ``prefix``, by scope."""
+        query = select(leases).where(leases.c.scope.startswith(prefix)).order_by(leases.c.scope)
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [lease_from_row(r._mapping) for r in rows]
+
+    # ---- replicas ----------------------------------------------------------------------------
+
+    async def beat(self, replica: str, *, started_at: datetime, now: datetime) -> None:
+        """This replica is alive at ``now`` (its row made on the first beat)."""
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(replicas).where(replicas.c.id == replica).values(beat_at=now)
+            )
+            if result.rowcount == 0:
+                await conn.execute(
+                    insert(replicas).values(id=replica, started_at=started_at, beat_at=now)
+                )
+
+    async def live_replicas(self, *, now: datetime, within: timedelta) -> list[str]:
+        """The replicas whose last beat is younger than ``within``, by id."""
+        query = (
+            select(replicas.c.id).where(replicas.c.beat_at > now - within).order_by(replicas.c.id)
+        )
+        async with self.db.connect() as conn:
+            return [str(r[0]) for r in (await conn.execute(query)).all()]
+
+    async def forget_replica(self, replica: str, *, older_than: datetime | None = None) -> None:
+        """Remove this replica's row (a clean stop), or, with ``older_than``, every row whose
+        last beat is older than that (long dead)."""
+        statement = delete(replicas)
+        if older_than is None:
+            statement = statement.where(replicas.c.id == replica)
+        else:
+            statement = statement.where(replicas.c.beat_at < older_than)
+        async with self.db.begin() as conn:
+            await conn.execute(statement)
 
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None:
         statement = (

@@ -50,7 +50,7 @@ from retention import render, tracking
 from retention.config import AgentId, Duration, check_admin_listen, is_agent_id, parse_listen
 from retention.daemon import Health
 from retention.engine import Engine
-from retention.errors import ApiError, AuthError, ConfigError, NotFoundError, StoreError
+from retention.errors import ApiError, AuthError, ConfigError, LeaseLost, NotFoundError, StoreError
 from retention.metrics import CONTENT_TYPE, Metrics
 from retention.models import DEFAULT_ACCOUNT, TrackedConversation
 from retention.schema import REVISION
@@ -418,12 +418,27 @@ async def _record_change(
     engine = request.app[CONTEXT].choose(body.account)
     if isinstance(engine, web.Response):
         return engine
+    lease = engine.context.lease
+    if lease is not None and not lease.valid():
+        return _not_held(engine)
     try:
         record = await act(engine, body)
     except ApiError as exc:
         return _api_failure(exc, body.agent_id)
+    except LeaseLost:
+        return _not_held(engine)
     return web.json_response(
         _named(engine, render.record_json(record, now=engine.clock())), status=201
+    )
+
+
+def _not_held(engine: Engine) -> web.Response:
+    """409: another replica holds the account now; it creates and tracks there (no forwarding)."""
+    return _fail(
+        409,
+        f"this replica does not hold account {engine.account!r} now: another replica does; "
+        "create and track through that one's admin surface",
+        field="account",
     )
 
 

@@ -26,6 +26,7 @@ from retention.policy import Hold, Policy, Rules
 from retention.store import Store
 from retention.sweep import EngineOptions
 from retention.web import AdminContext, serve
+from tests import daemon_process
 from tests.postgres import SETTING, Cluster, Unavailable
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -54,6 +55,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("RETENTION_") or key == "CUSTOMGPT_API_TOKEN":
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def reap_processes() -> Iterator[None]:
+    """No `retention` process a test started outlives it, whatever the test's outcome."""
+    yield
+    daemon_process.reap()
 
 
 @pytest.fixture
@@ -126,9 +134,13 @@ def postgres() -> Iterator[Cluster]:
     """A throwaway PostgreSQL cluster for the session (tests/postgres.py), or a skip."""
     try:
         cluster = Cluster.start()
-        # Asked for from inside a test's event loop: build the template on a loop of its own.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, cluster.prepare_template()).result()
+        try:
+            # Asked for from inside a test's event loop: build the template on a loop of its own.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, cluster.prepare_template()).result()
+        except BaseException:
+            cluster.stop()  # never leave a server running behind a failed start
+            raise
     except Unavailable as exc:
         if SETTING == "require":
             pytest.fail(f"PostgreSQL is required here (RETENTION_TESTS_POSTGRES): {exc}")

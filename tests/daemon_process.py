@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+
+# Every process started here, so that a test that fails half-way leaves none running behind it
+# (conftest's reaper kills what is still alive after each test).
+STARTED: list[asyncio.subprocess.Process] = []
+
+
+def reap() -> None:
+    """SIGKILL whatever this module started that still runs."""
+    for process in STARTED:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+    STARTED.clear()
 
 
 def free_port() -> int:
@@ -23,10 +38,12 @@ async def start(
     config: Path, *args: str, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     environment = {**os.environ, **(env or {})}
-    return await asyncio.create_subprocess_exec(
+    process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "retention", *args, "--config", str(config),
         env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    STARTED.append(process)
+    return process
 
 
 async def wait_for(condition: Callable[[], bool], within: float = 15.0) -> None:

@@ -46,6 +46,34 @@ def test_manifests_have_one_replica_probes_secret_and_volume() -> None:
         assert needle in text
 
 
+def test_the_replicas_variant_runs_several_on_postgresql_with_every_secret_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    text = (REPO / "deploy" / "kubernetes" / "retention-replicas.yaml").read_text(encoding="utf-8")
+    objects = {o["kind"]: o for o in yaml.safe_load_all(text)}
+    assert set(objects) == {"ConfigMap", "Deployment", "PodDisruptionBudget"}
+    deployment = objects["Deployment"]["spec"]
+    assert deployment["replicas"] > 1 and deployment["strategy"]["type"] == "RollingUpdate"
+    assert "PersistentVolumeClaim" not in text, "no volume: the store is the database"
+    container = deployment["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
+    # The config it mounts loads with exactly the env the Deployment gives it.
+    config = tmp_path / "config.toml"
+    config.write_text(objects["ConfigMap"]["data"]["config.toml"], encoding="utf-8")
+    for name in env:
+        monkeypatch.setenv(name, "postgresql+asyncpg://r@db/r" if "URL" in name else "t")
+    settings = load_config(config)
+    assert settings.store.url.startswith("postgresql+asyncpg://")
+    accounts = settings.account_list()
+    assert len(accounts) > 1 and all(a.token is not None for a in accounts), "every token set"
+    assert {a.token_source for a in accounts} == {f"env {n}" for n in env if "TOKEN" in n} - {
+        "env RETENTION_ADMIN_TOKEN"
+    }
+    assert settings.admin_token is not None and settings.safety.dry_run is True
+
+
 def test_systemd_unit_is_hardened_and_reloads_with_sighup() -> None:
     unit = (REPO / "deploy" / "retention.service").read_text(encoding="utf-8")
     for needle in (

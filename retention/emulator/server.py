@@ -43,6 +43,7 @@ class Served:
     query: dict[str, str]
     status: int  # -1 while in flight; 0 when the connection was reset
     at: float  # time.monotonic() when the request arrived
+    user_agent: str = ""  # who sent it (retention names its replica and lease there)
 
 
 class Emulator:
@@ -119,7 +120,14 @@ class Emulator:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        record = Served(request.method, request.path, dict(request.query), -1, time.monotonic())
+        record = Served(
+            request.method,
+            request.path,
+            dict(request.query),
+            -1,
+            time.monotonic(),
+            request.headers.get("User-Agent", ""),
+        )
         if self.keep_log:
             self.served.append(record)
         try:
