@@ -31,6 +31,7 @@ class ApiSource:
     stats: CallStats
     budget: RequestBudget
     clock_reading: Callable[[], ClockReading | None]
+    held: Callable[[], bool] = lambda: True  # whether this process works in the account now
 
 
 class _ApiCollector(Collector):
@@ -71,7 +72,14 @@ class _ApiCollector(Collector):
             "1 while the clocks differ by more than max_clock_skew: nothing is deleted",
             labels=account,
         )
+        held = GaugeMetricFamily(
+            "retention_account_held",
+            "1 while this process holds the account's lease and works in it (a replica holds "
+            "its share of the accounts)",
+            labels=account,
+        )
         for name, source in sorted(self.sources.items()):
+            held.add_metric([name], 1.0 if source.held() else 0.0)
             for (kind, status), count in sorted(source.stats.calls.items()):
                 calls.add_metric([name, kind, status], count)
             budget = source.budget
@@ -84,7 +92,7 @@ class _ApiCollector(Collector):
             skew.add_metric([name], reading.skew.total_seconds() if reading else math.nan)
             over = reading is not None and abs(reading.skew) > self.max_clock_skew
             exceeded.add_metric([name], 1.0 if over else 0.0)
-        yield from (calls, limited, remaining, paused, per_minute, skew, exceeded)
+        yield from (calls, limited, remaining, paused, per_minute, skew, exceeded, held)
 
 
 class Metrics:
@@ -175,9 +183,11 @@ class Metrics:
         stats: CallStats,
         budget: RequestBudget,
         clock_reading: Callable[[], ClockReading | None] = lambda: None,
+        held: Callable[[], bool] | None = None,
     ) -> None:
-        """Report this account's API calls, budget and clock."""
-        self._sources[name] = ApiSource(stats, budget, clock_reading)
+        """Report this account's API calls, budget, clock and, for a replica, whether it
+        holds the account now."""
+        self._sources[name] = ApiSource(stats, budget, clock_reading, held or (lambda: True))
 
     def observe_sweep(self, report: SweepReport) -> None:
         account, result = report.account, "ok" if report.ok else "failed"

@@ -342,6 +342,7 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
             stats=client.stats,
             budget=client.budget,
             clock_reading=client.latest_clock_reading,
+            held=runtime.lease.valid if runtime.lease is not None else None,
         )
         runtime.engine.listeners.append(metrics.observe_sweep)
     engines = [r.engine for r in runtimes]

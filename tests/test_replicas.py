@@ -158,3 +158,15 @@ async def test_a_handover_waits_for_the_requests_in_flight(store: Store) -> None
     assert await taking.replicas.slots[0].keeper.try_take()
     lease = await store.lease(lease_scope("a0"))
     assert lease is not None and lease.holder == "r2" and lease.token == 2
+
+
+def test_the_metrics_say_which_accounts_this_replica_holds() -> None:
+    from retention.budget import CallStats, RequestBudget
+    from retention.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.add_account("a0", stats=CallStats(), budget=RequestBudget(60), held=lambda: True)
+    metrics.add_account("a1", stats=CallStats(), budget=RequestBudget(60), held=lambda: False)
+    scraped = metrics.render().decode()
+    assert 'retention_account_held{account="a0"} 1.0' in scraped
+    assert 'retention_account_held{account="a1"} 0.0' in scraped
