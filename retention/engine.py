@@ -8,10 +8,12 @@ are plain functions over that context, and the store is reached through the smal
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
 
 from retention.breaker import Verdict, judge
 from retention.clocks import Clock, utc_now
@@ -19,17 +21,38 @@ from retention.deletion import delete_due, delete_these, refresh_if_stale
 from retention.discovery import discover_all
 from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
+from retention.logs import ACCOUNT
 from retention.models import DEFAULT_ACCOUNT, PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules, explain
 from retention.redecision import DecisionRow, redecide
 from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 RULES_KEY = "rules_fingerprint"
 FIRST_RULES_KEY = "first_rules_fingerprint"
 # Rows re-evaluated between two yields to the event loop when the rules change: about 40 ms of
 # work each, so /healthz and the sweeps go on throughout a change to a store of any size.
 REEVALUATE_BATCH = 2000
+
+
+def _as_account(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Every record logged while the engine's ``method`` runs names the engine's account."""
+
+    @functools.wraps(method)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        engine = args[0]
+        assert isinstance(engine, Engine)
+        token = ACCOUNT.set(engine.account)
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            ACCOUNT.reset(token)
+
+    return wrapped
 
 
 class Engine:
@@ -79,6 +102,7 @@ class Engine:
         """Take no new item: running sweeps finish the one in hand and return."""
         self.context.stopping.set()
 
+    @_as_account
     async def apply_rules(self) -> int:
         """Re-evaluate every live conversation when the rules (or dry-run) changed. Local only.
 
@@ -167,6 +191,7 @@ class Engine:
         self.context.rules = rules
         return await self.apply_rules()
 
+    @_as_account
     async def sweep(
         self,
         kind: str = "once",
@@ -239,6 +264,7 @@ class Engine:
         """The rules in force, and the dry-run flag: what a plan is made under."""
         return self.rules.fingerprint(dry_run=self.options.dry_run)
 
+    @_as_account
     async def plan(
         self, *, discover: bool = True, confirm: bool = True
     ) -> tuple[list[PlanItem], SweepReport]:

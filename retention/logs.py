@@ -12,11 +12,16 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
 from urllib.parse import quote
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# The account whose work is being done (set by the engine for a sweep, a plan, a rules change):
+# every record logged meanwhile names it, as the field ``account`` (JSON) or a ``[NAME]``
+# prefix (text). Tasks started inside inherit it.
+ACCOUNT: ContextVar[str | None] = ContextVar("retention_account", default=None)
 MASK = "***"
 # Any bearer credential, ours or not: also catches one the server cut short before echoing it.
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;)\]}]+")
@@ -110,12 +115,24 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class AccountFilter(logging.Filter):
+    """Name the account of the work in hand on every record (see :data:`ACCOUNT`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        account = record.__dict__.get("account") or ACCOUNT.get()
+        if account is not None:
+            record.account = account
+        record._account_prefix = f"[{account}] " if account is not None else ""
+        return True
+
+
 class _RedactingHandler(logging.StreamHandler[TextIO]):
     """A stream handler that masks the secrets once more in the finished line."""
 
     def __init__(self, stream: TextIO, secrets: Secrets) -> None:
         super().__init__(stream)
         self.secrets = secrets
+        self.addFilter(AccountFilter())
         self.addFilter(RedactFilter(secrets))
 
     def format(self, record: logging.LogRecord) -> str:
@@ -159,7 +176,9 @@ def configure(
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s: %(_account_prefix)s%(message)s", "%H:%M:%S"
+            )
         )
     root = logging.getLogger()
     for old in list(root.handlers):

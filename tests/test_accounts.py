@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -145,8 +146,12 @@ async def test_each_account_is_swept_with_its_own_token_and_budget_on_one_store(
     assert len(north.emulator.served) >= 8
     assert paced(north.emulator, rpm=120, burst=2), "north's calls kept to north's budget"
     assert not paced(south.emulator, rpm=120, burst=2), "south's were not held to north's"
-    out = capsys.readouterr().out
-    assert "account=north" in out and "account=south" in out
+    captured = capsys.readouterr()
+    assert "account=north" in captured.out and "account=south" in captured.out
+    # Every log line of a deletion names its account (JSON logs off a terminal).
+    records = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    logged = Counter(r.get("account") for r in records if r["message"].startswith("deleted"))
+    assert logged == {"north": 5, "south": 4}
 
     # One store; the same agent id in two accounts, each with its own rows and audit.
     store = await Store.open(store_url, create=False)
@@ -217,3 +222,25 @@ async def test_a_401_in_one_account_leaves_the_others_deletions_on_time(
         assert await daemon == 0
     assert statuses(north.emulator) == {401}
     assert 401 not in statuses(south.emulator)
+
+
+def test_log_lines_name_the_account_of_the_work_in_hand() -> None:
+    import io
+    import logging
+
+    from retention import logs
+
+    stream = io.StringIO()
+    handler = logs.configure(fmt="text", stream=stream)
+    try:
+        token = logs.ACCOUNT.set("north")
+        try:
+            logging.getLogger("retention.test").info("deleted something")
+        finally:
+            logs.ACCOUNT.reset(token)
+        logging.getLogger("retention.test").info("between accounts")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("retention.test: [north] deleted something")
+    assert second.endswith("retention.test: between accounts")
