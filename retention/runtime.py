@@ -327,6 +327,7 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
     # Imported here, not at the top: one-shot commands and the Python API never run the daemon,
     # and need not load APScheduler, aiohttp's server or the metrics registry.
     from retention import web
+    from retention.admin import AdminContext
     from retention.daemon import Cadence, Daemon
     from retention.metrics import Metrics, overdue_after
     from retention.reload import ConfigWatcher
@@ -354,7 +355,7 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
         on_reload=watcher.reload,
     )
     if settings.admin.listen:
-        context = web.AdminContext(
+        context = AdminContext(
             engines={r.account: r.engine for r in runtimes},
             store=runtimes[0].store,
             metrics=metrics,

@@ -39,111 +39,25 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from retention import render, tracking
-from retention.config import AgentId, Duration, check_admin_listen, is_agent_id, parse_listen
-from retention.daemon import Health
+from retention.admin import AdminContext, ApproveBody, Body, CreateBody, TrackBody, fail
+from retention.config import check_admin_listen, is_agent_id, parse_listen
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, LeaseLost, NotFoundError, StoreError
-from retention.metrics import CONTENT_TYPE, Metrics
+from retention.metrics import CONTENT_TYPE
 from retention.models import DEFAULT_ACCOUNT, TrackedConversation
 from retention.schema import REVISION
-from retention.store import Store
 from retention.validation import first_error, problem_text
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-B = TypeVar("B", bound="_Body")
+B = TypeVar("B", bound="Body")
 M = TypeVar("M", bound=BaseModel)
-
-
-AccountName = Annotated[str, Field(min_length=1, max_length=63)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    agent_id: AgentId
-    ttl: Duration | None = None  # the config's duration type: "2h", "30d", "1d12h"
-    account: AccountName | None = None
-
-
-class CreateBody(_Body):
-    name: str = Field(min_length=1, max_length=255)
-
-
-class TrackBody(_Body):
-    session_id: str = Field(min_length=8, max_length=64, pattern=r"^[0-9A-Za-z-]+$")
-
-
-@dataclass
-class AdminContext:
-    """What the handlers serve: each account's engine (its store view, client and rules) by
-    name, in the config's order, and what the accounts share."""
-
-    engines: dict[str, Engine]
-    store: Store  # any account's view of the one database: its revision and identity
-    metrics: Metrics
-    health: Health | None
-    admin_token: SecretStr | None
-    ready_after_failing: timedelta
-    overdue_after: timedelta
-
-    def __post_init__(self) -> None:
-        if not self.engines:
-            raise ValueError("the admin surface needs at least one account's engine")
-        for name, engine in self.engines.items():
-            if engine.account != name:  # a change asked of one account must not land in another
-                raise ValueError(f"the engine under {name!r} works in account {engine.account!r}")
-
-    @property
-    def engine(self) -> Engine:
-        """The first account's engine (the only one, with one account)."""
-        return next(iter(self.engines.values()))
-
-    @property
-    def accounts(self) -> list[str]:
-        return list(self.engines)
-
-    @property
-    def several(self) -> bool:
-        return len(self.engines) > 1
-
-    def clock(self) -> datetime:
-        return self.engine.clock()
-
-    def labelled(self, account: str, line: str) -> str:
-        """``line``, prefixed with its account when there are several."""
-        return f"{account}: {line}" if self.several else line
-
-    def choose(self, account: str | None) -> Engine | web.Response:
-        """The named account's engine, or the only one; an error answer otherwise."""
-        if account is None:
-            if not self.several:
-                return self.engine
-            return _fail(
-                400,
-                f'several accounts: name one with "account" (one of: {self.names()})',
-                field="account",
-            )
-        engine = self.engines.get(account)
-        if engine is None:
-            return _fail(404, f"no account {account!r} (accounts: {self.names()})", field="account")
-        return engine
-
-    def store_of(self, engine: Engine) -> Store:
-        """The engine's own store view (its account's), as the concrete :class:`Store`."""
-        store = engine.store
-        return store if isinstance(store, Store) else self.store.for_account(engine.account)
-
-    def names(self) -> str:
-        return ", ".join(self.engines)
 
 
 CONTEXT = web.AppKey("context", AdminContext)
@@ -205,17 +119,10 @@ async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     ctx = request.app[CONTEXT]
     changing = request.method not in ("GET", "HEAD")
     if changing and ctx.admin_token is None:
-        return _fail(403, "changes over HTTP are off: set RETENTION_ADMIN_TOKEN to allow them")
+        return fail(403, "changes over HTTP are off: set RETENTION_ADMIN_TOKEN to allow them")
     if (changing or ctx.admin_token is not None) and not _authorised(ctx, request):
-        return _fail(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+        return fail(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
-
-
-def _fail(status: int, message: str, *, field: str | None = None, **kw: Any) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return web.json_response(body, status=status, **kw)
 
 
 @web.middleware
@@ -223,10 +130,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        return _fail(exc.status, exc.reason)
+        return fail(exc.status, exc.reason)
     except StoreError as exc:
         logger.error("admin %s %s: %s", request.method, request.path, exc)
-        return _fail(503, "the store is not available")
+        return fail(503, "the store is not available")
 
 
 @web.middleware
@@ -236,7 +143,7 @@ async def _store_intact(request: web.Request, handler: Handler) -> web.StreamRes
     if request.method not in ("GET", "HEAD"):
         lost = await request.app[CONTEXT].store.journal.check_identity()
         if lost is not None:
-            return _fail(503, f"the store is lost, nothing written: {lost}")
+            return fail(503, f"the store is lost, nothing written: {lost}")
     return await handler(request)
 
 
@@ -303,7 +210,7 @@ async def _plan(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     asked = request.query.getall("account", [])
     if len(asked) > 1:
-        return _fail(400, "name one account, or none for all", field="account")
+        return fail(400, "name one account, or none for all", field="account")
     if asked:
         chosen = ctx.choose(asked[0])
         if isinstance(chosen, web.Response):
@@ -328,7 +235,7 @@ async def _why(request: web.Request) -> web.StreamResponse:
     elif DEFAULT_ACCOUNT in ctx.engines:
         engine = ctx.engines[DEFAULT_ACCOUNT]
     else:
-        return _fail(
+        return fail(
             400,
             f"several accounts and none is {DEFAULT_ACCOUNT!r}: use "
             f"/v1/accounts/{{account}}{WHY} (accounts: {ctx.names()})",
@@ -337,13 +244,13 @@ async def _why(request: web.Request) -> web.StreamResponse:
     text = request.match_info["agent"]
     agent_id = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
     if not is_agent_id(agent_id):
-        return _fail(400, "agent must be a positive 64-bit integer", field="agent")
+        return fail(400, "agent must be a positive 64-bit integer", field="agent")
     session_id = request.match_info["session"]
     store = ctx.store_of(engine)
     record = await store.get(agent_id, session_id)
     if record is None:
         where = f" in account {engine.account!r}" if ctx.several else ""
-        return _fail(404, f"conversation {session_id} of agent {agent_id} is not tracked{where}")
+        return fail(404, f"conversation {session_id} of agent {agent_id} is not tracked{where}")
     trail = await store.journal.audit_trail(agent_id, session_id)
     body = _named(engine, render.record_json(record, now=engine.clock()))
     body["audit"] = [render.audit_json(a) for a in trail]
@@ -374,13 +281,6 @@ async def _track(request: web.Request) -> web.StreamResponse:
         )
 
     return await _record_change(request, TrackBody, act)
-
-
-class ApproveBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    agent_id: AgentId | None = None
-    account: AccountName | None = None
 
 
 async def _approve(request: web.Request) -> web.StreamResponse:
@@ -434,7 +334,7 @@ async def _record_change(
 
 def _not_held(engine: Engine) -> web.Response:
     """409: another replica holds the account now; it creates and tracks there (no forwarding)."""
-    return _fail(
+    return fail(
         409,
         f"this replica does not hold account {engine.account!r} now: another replica does; "
         "create and track through that one's admin surface",
@@ -446,9 +346,9 @@ async def _parse(request: web.Request, model: type[M]) -> M | web.Response:
     try:
         raw = await request.json()
     except ValueError:
-        return _fail(400, "the body must be JSON")
+        return fail(400, "the body must be JSON")
     if not isinstance(raw, dict):
-        return _fail(400, "the body must be a JSON object")
+        return fail(400, "the body must be a JSON object")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -457,12 +357,12 @@ async def _parse(request: web.Request, model: type[M]) -> M | web.Response:
         message = problem_text(
             error, unknown="unknown field", missing="Field required", echo_input=False
         )
-        return _fail(400, f"{field}: {message}" if field else message, field=field)
+        return fail(400, f"{field}: {message}" if field else message, field=field)
 
 
 def _api_failure(exc: ApiError, agent_id: int) -> web.Response:
     if isinstance(exc, NotFoundError):
-        return _fail(404, f"not found on CustomGPT (agent {agent_id}): {exc.detail}")
+        return fail(404, f"not found on CustomGPT (agent {agent_id}): {exc.detail}")
     if isinstance(exc, AuthError):
-        return _fail(502, "CustomGPT refused the API token")
-    return _fail(503, f"CustomGPT did not answer: {exc.detail}")
+        return fail(502, "CustomGPT refused the API token")
+    return fail(503, f"CustomGPT did not answer: {exc.detail}")

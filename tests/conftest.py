@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from retention.admin import AdminContext
 from retention.budget import RequestBudget
 from retention.client import CustomGPTClient
 from retention.daemon import Health
@@ -25,7 +26,7 @@ from retention.metrics import Metrics
 from retention.policy import Hold, Policy, Rules
 from retention.store import Store
 from retention.sweep import EngineOptions
-from retention.web import AdminContext, serve
+from retention.web import serve
 from tests import daemon_process
 from tests.postgres import SETTING, Cluster, Unavailable
 

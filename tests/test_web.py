@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from retention.admin import AdminContext
 from retention.client import CustomGPTClient
 from retention.emulator import Emulator
 from retention.engine import Engine
@@ -18,7 +19,7 @@ from retention.errors import ConfigError
 from retention.metrics import Metrics
 from retention.policy import Policy, Rules
 from retention.store import Store
-from retention.web import AdminContext, serve
+from retention.web import serve
 
 from .conftest import ADMIN, TEST_CHATS, ClientFactory, EngineFactory
 
