@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from retention import __version__, commands, logs
+from retention import __version__, commands, housekeeping, logs
 from retention.commands import EXIT_FAILURE, EXIT_USAGE
 from retention.config import Settings, config_path, is_agent_id, load_config, to_duration
 from retention.errors import ConfigError, RetentionError
@@ -271,11 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level="INFO")
     try:
         if args.command == "init":
-            return commands.init(args.path)
+            return housekeeping.init(args.path)
         if args.command == "check":
             return commands.check(_load(args))
         if args.command == "emulate":
-            return commands.emulate(
+            return housekeeping.emulate(
                 port=args.port,
                 token=args.token,
                 seed=args.seed,
@@ -286,10 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             logs.configure(level="INFO", fmt="text")
             logging.getLogger("retention.deletion").setLevel(logging.WARNING)
-            return commands.demo(args.seconds)
+            return housekeeping.demo(args.seconds)
         settings = _load(args)
         if args.command == "probe":
-            return commands.probe(settings, ready=args.ready, timeout=args.timeout)
+            return housekeeping.probe(settings, ready=args.ready, timeout=args.timeout)
         secret = [t.get_secret_value() for t in (settings.token, settings.admin_token) if t]
         logs.configure(level=settings.log.level, fmt=settings.log.format, secrets=secret)
         return asyncio.run(_dispatch(args, settings))
@@ -340,9 +340,9 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "status":
         return await commands.status(settings, account=args.account)
     if args.command == "db" and args.db_command == "backup":
-        return await commands.db_backup(settings, Path(args.file))
+        return await housekeeping.db_backup(settings, Path(args.file))
     if args.command == "db":
-        return await commands.db_upgrade(settings)
+        return await housekeeping.db_upgrade(settings)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
 
 
