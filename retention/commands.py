@@ -24,6 +24,7 @@ from retention import planfile, render, tracking
 from retention.breaker import judge
 from retention.config import TOKEN_ENV, Settings
 from retention.errors import ConfigError
+from retention.lease import lease_scope
 from retention.metrics import overdue_after
 from retention.models import SweepReport, TrackedConversation
 from retention.runtime import (
@@ -339,4 +340,6 @@ async def status(settings: Settings, *, account: str | None = None) -> int:
             for reason in verdict.reasons():
                 print(f"mass-deletion breaker in account {name}: {reason}", file=sys.stdout)
             render.sweeps_lines(await journal.last_sweeps(5), out=sys.stdout)
+            lease = await root.lease(lease_scope(name))
+            render.lease_line(lease, now=now, out=sys.stdout)
     return 0

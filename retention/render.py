@@ -15,6 +15,7 @@ from retention.models import (
     AgentRecord,
     AgentStatus,
     AuditRecord,
+    Lease,
     PlanItem,
     SweepRecord,
     SweepReport,
@@ -170,6 +171,16 @@ def _platform(agent: AgentRecord | None) -> str:
     if agent.platform_retention_period == "custom":
         return f"custom ({agent.platform_retention_days}d)"
     return agent.platform_retention_period
+
+
+def lease_line(lease: Lease | None, *, now: datetime, out: TextIO) -> None:
+    """Who holds the account's lease (a writer, or the replica whose share it is), until when."""
+    if lease is None:
+        print("lease: never taken", file=out)
+    elif lease.expires_at <= now:
+        print(f"lease: free (last held by {lease.holder})", file=out)
+    else:
+        print(f"lease: held by {lease.holder} until {stamp(lease.expires_at)}", file=out)
 
 
 def sweeps_lines(sweeps: Sequence[SweepRecord], *, out: TextIO) -> None:

@@ -182,6 +182,7 @@ async def test_status_and_plan_name_the_account(
     assert await asyncio.to_thread(main, ["status", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "account north: store at" in out and "account south: store at" in out
+    assert out.count("lease: never taken") == 2, "plan takes no lease"
     # One account only, by name; a write needs one named among several.
     assert (
         await asyncio.to_thread(

@@ -190,3 +190,4 @@ async def test_status_and_db_upgrade_need_no_token(
     cells = [cell.strip() for cell in row.split("│") if cell.strip()]
     assert cells == ["532 Agent 532", "3", "0", "0", "1", "2", "0", "year"]
     assert "last sweeps:" in out and " once     ok      deleted=3 failed=0" in out
+    assert "lease: free (last held by " in out, "once gave its lease back"
