@@ -58,20 +58,25 @@ class LeaseKeeper:
         ttl: timedelta = timedelta(seconds=30),
         lock_file: Path | None = None,
         holder: str | None = None,
-        clock: Clock = utc_now,
+        clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.scope = scope
         self.ttl = ttl
         self.lock_file = lock_file
+        # Lease times are the database's own (None): writers on several machines compare
+        # expiries on one clock, so one whose clock runs ahead cannot take a lease early.
         self.clock = clock
         self.monotonic = monotonic
-        self.holder = holder or holder_name(clock())
+        self.holder = holder or holder_name(utc_now())
         self.lost = asyncio.Event()
         self._lease: Lease | None = None
         self._valid_until = 0.0  # monotonic: a pause past this cannot go unnoticed
         self._lock_fd: int | None = None
+
+    async def _now(self) -> datetime:
+        return self.clock() if self.clock is not None else await self.store.db_now()
 
     def current(self) -> Lease:
         """The lease to fence intents with; LeaseLost when it is not (or no longer) ours."""
@@ -98,7 +103,7 @@ class LeaseKeeper:
                 lease = await self.store.take_lease(
                     self.scope,
                     self.holder,
-                    now=self.clock(),
+                    now=await self._now(),
                     ttl=self.ttl,
                     force=self._lock_fd is not None,
                 )
@@ -134,7 +139,9 @@ class LeaseKeeper:
         """One attempt at a free, lapsed or already-ours lease (a replica taking its share);
         True when it is held now. No OS lock: replicas share the store on purpose."""
         started = self.monotonic()
-        lease = await self.store.take_lease(self.scope, self.holder, now=self.clock(), ttl=self.ttl)
+        lease = await self.store.take_lease(
+            self.scope, self.holder, now=await self._now(), ttl=self.ttl
+        )
         if lease is None:
             return False
         if self._lease is None or lease.token != self._lease.token:
@@ -148,7 +155,7 @@ class LeaseKeeper:
         if self._lease is None:
             return False
         started = self.monotonic()
-        renewed = await self.store.renew_lease(self._lease, now=self.clock(), ttl=self.ttl)
+        renewed = await self.store.renew_lease(self._lease, now=await self._now(), ttl=self.ttl)
         if renewed is None or started > self._valid_until:
             logger.warning(
                 "lease on %s lost (taken by another, or this process paused)", self.scope
@@ -176,7 +183,7 @@ class LeaseKeeper:
             if self._lease is None:
                 return
             started = self.monotonic()
-            renewed = await self.store.renew_lease(self._lease, now=self.clock(), ttl=self.ttl)
+            renewed = await self.store.renew_lease(self._lease, now=await self._now(), ttl=self.ttl)
             if renewed is None or started > self._valid_until:
                 logger.error(
                     "lost the lease on %s (another writer took over, or this process was paused "
@@ -189,7 +196,7 @@ class LeaseKeeper:
 
     async def release(self) -> None:
         if self._lease is not None and not self.lost.is_set():
-            await self.store.release_lease(self._lease, now=self.clock())
+            await self.store.release_lease(self._lease, now=await self._now())
         self._lease = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)

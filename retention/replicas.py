@@ -59,16 +59,16 @@ class Replicas:
         *,
         holder: str,
         ttl: timedelta,
-        clock: Clock = utc_now,
+        clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.slots = list(slots)
         self.holder = holder
         self.ttl = ttl
-        self.clock = clock
+        self.clock = clock  # None: the database's clock, as the leases use
         self.monotonic = monotonic
-        self.started_at = clock()
+        self.started_at = clock() if clock is not None else utc_now()
         self.live: list[str] = [holder]  # as the last round found them
 
     def held(self) -> list[str]:
@@ -89,7 +89,7 @@ class Replicas:
 
     async def balance(self) -> None:
         """One round: beat, renew, hand over the surplus, take up to the fair share."""
-        now = self.clock()
+        now = self.clock() if self.clock is not None else await self.store.db_now()
         await self.store.beat(self.holder, started_at=self.started_at, now=now)
         live = await self.store.live_replicas(now=now, within=self.ttl)
         if self.holder not in live:

@@ -16,7 +16,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from retention import decisions
 from retention.breaker import AgentDue
+from retention.clocks import utc_now
 from retention.database import Database
 from retention.errors import ConfigError, LeaseLost, StoreError
 from retention.journal import Journal, live_counts
@@ -551,6 +552,17 @@ class Store:
                 )
                 .values(expires_at=now)
             )
+
+    async def db_now(self) -> datetime:
+        """The database's clock, as leases and replicas compare their times on it: the
+        server's ``statement_timestamp()`` on PostgreSQL (one clock for every machine); this
+        host's clock for a SQLite file, which only this host's processes share."""
+        if self.db.bind.dialect.name != "postgresql":
+            return utc_now()
+        async with self.db.connect() as conn:
+            value = (await conn.execute(select(func.statement_timestamp()))).scalar_one()
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
 
     async def leases(self, prefix: str = "") -> list[Lease]:
         """Every lease whose scope starts with ``prefix``, by scope."""

@@ -15,6 +15,8 @@ from retention.lease import LeaseKeeper, lease_scope
 from retention.replicas import Replicas, Slot, fair_share
 from retention.store import Store
 
+from .postgres import Cluster
+
 TTL = timedelta(seconds=30)
 ACCOUNTS = [f"a{n}" for n in range(6)]
 
@@ -170,3 +172,28 @@ def test_the_metrics_say_which_accounts_this_replica_holds() -> None:
     scraped = metrics.render().decode()
     assert 'retention_account_held{account="a0"} 1.0' in scraped
     assert 'retention_account_held{account="a1"} 0.0' in scraped
+
+
+@pytest.mark.postgresql
+async def test_a_replica_whose_clock_runs_ahead_cannot_take_a_lease_early(
+    postgres: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lease times are the database server's: a replica on a machine whose clock runs an hour
+    ahead sees the other's lease as the server does, in force, and takes nothing."""
+    url = await postgres.new_database()
+    store = await Store.open(url)
+    try:
+        holder = LeaseKeeper(store, scope=lease_scope("a0"), ttl=TTL, holder="r1")
+        assert await holder.try_take()
+        ahead = datetime.now(UTC) + timedelta(hours=1)
+        monkeypatch.setattr("retention.clocks.utc_now", lambda: ahead)
+        monkeypatch.setattr("retention.store.utc_now", lambda: ahead)
+        monkeypatch.setattr("retention.lease.utc_now", lambda: ahead)
+        skewed = LeaseKeeper(store, scope=lease_scope("a0"), ttl=TTL, holder="r2")
+        assert not await skewed.try_take(), "in force on the server's clock"
+        lease = await store.lease(lease_scope("a0"))
+        assert lease is not None and lease.holder == "r1"
+        assert abs(lease.expires_at - (datetime.now(UTC) + TTL)) < timedelta(seconds=5)
+    finally:
+        await store.close()
+        await postgres.drop(url)
