@@ -25,7 +25,7 @@ def fail(status: int, message: str, *, field: str | None = None, **kw: Any) -> w
     return web.json_response(body, status=status, **kw)
 
 
-AccountName = Annotated[str, Field(min_length=1, max_length=63)]
+AccountName = Annotated[str, Field(min_length=1, max_length=40)]
 
 
 class Body(BaseModel):

@@ -290,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _load(args)
         if args.command == "probe":
             return housekeeping.probe(settings, ready=args.ready, timeout=args.timeout)
-        secret = [t.get_secret_value() for t in (settings.token, settings.admin_token) if t]
+        # Every account's token and the admin token: no log line may show one.
+        tokens = [a.token for a in settings.account_list()] + [settings.admin_token]
+        secret = [t.get_secret_value() for t in tokens if t]
         logs.configure(level=settings.log.level, fmt=settings.log.format, secrets=secret)
         return asyncio.run(_dispatch(args, settings))
     except ConfigError as exc:

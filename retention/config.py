@@ -56,7 +56,7 @@ CONFIG_ENV = "RETENTION_CONFIG"
 TOKEN_ENV = "CUSTOMGPT_API_TOKEN"
 ADMIN_TOKEN_ENV = "RETENTION_ADMIN_TOKEN"
 ENV_PREFIX = "RETENTION_"
-ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")  # 40: keys built on it fit
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -258,7 +258,7 @@ class AccountSpec(_Section):
         if not ACCOUNT_NAME.fullmatch(value):
             raise ValueError(
                 "must be a lowercase identifier: a-z, 0-9 and _ . - (starting with a letter or "
-                f"digit), at most 63 characters, got {value!r}"
+                f"digit), at most 40 characters, got {value!r}"
             )
         return value
 

@@ -130,6 +130,10 @@ class Database:
                 # again by itself once it is writable. Connections in use close when returned.
                 await self.bind.dispose()
             raise StoreError(f"{type(cause).__name__}: {cause}") from exc
+        except OSError as exc:
+            # A database server that cannot be reached (refused, reset, timed out): asyncpg
+            # raises these as they are, before SQLAlchemy has a connection to wrap them in.
+            raise StoreError(f"cannot reach the database: {type(exc).__name__}: {exc}") from exc
 
 
 def parse_url(url: str) -> URL:

@@ -280,7 +280,10 @@ class Engine:
         )
         context = self.context
         with context.api.stats.scope() as calls:
-            await self.apply_rules()
+            if context.lease is None or context.lease.valid():
+                # Another replica's account is re-evaluated by that replica: this one plans
+                # from the decisions stored there (the admin surface's reads).
+                await self.apply_rules()
             if discover:
                 await discover_all(context, report)
             now = self.clock()

@@ -58,6 +58,7 @@ class LeaseKeeper:
         ttl: timedelta = timedelta(seconds=30),
         lock_file: Path | None = None,
         holder: str | None = None,
+        margin: timedelta = timedelta(0),
         clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -68,6 +69,9 @@ class LeaseKeeper:
         # Lease times are the database's own (None): writers on several machines compare
         # expiries on one clock, so one whose clock runs ahead cannot take a lease early.
         self.clock = clock
+        # A request goes out under the lease only this long before its lapse at the latest:
+        # the request timeout, for replicas, so every request ends before another can take over.
+        self.margin = margin.total_seconds()
         self.monotonic = monotonic
         self.holder = holder or holder_name(utc_now())
         self.lost = asyncio.Event()
@@ -172,8 +176,13 @@ class LeaseKeeper:
 
     def describe(self) -> str:
         """Who acts, under which lease: for the User-Agent of every request made under it.
-        LeaseLost when the lease is not (or no longer) held."""
+        LeaseLost when the lease is not (or no longer) held, or lapses within the margin."""
         lease = self.current()
+        if self.monotonic() + self.margin >= self._valid_until:
+            raise LeaseLost(
+                f"the lease on {self.scope} lapses before a request sent now would end: "
+                "it waits for the renewal"
+            )
         return f"replica {self.holder}; lease {lease.scope}#{lease.token}"
 
     async def keep(self) -> None:

@@ -75,24 +75,31 @@ class ConfigWatcher:
                     ", ".join(changed),
                 )
             rules = fresh.rules()
-            try:
-                reevaluated = 0
-                # Each account's engine gets the rules that apply in it.
-                for engine in self.engines:
-                    reevaluated += await engine.set_rules(rules.for_account(engine.account))
-            except (StoreError, LeaseLost) as exc:
-                # The rules are in force; the store was not re-evaluated under them. Every
-                # sweep re-evaluates first (the stored fingerprint still differs), so the next
-                # one does it, or, with the lease lost, the writer that took over.
-                self.settings = fresh
-                logger.error(
-                    "config reload (%s): rules in force, but re-evaluating the store failed "
-                    "(the next sweep retries): %s",
-                    why,
-                    exc,
-                )
-                return True
+            # Every account's engine gets the rules that apply in it at once, before anything
+            # is awaited: a deletion decides each conversation again under the rules in force,
+            # so a new hold protects in every account from this moment, not after the others'
+            # re-evaluation.
+            for engine in self.engines:
+                engine.context.rules = rules.for_account(engine.account)
             self.settings = fresh
+            reevaluated = 0
+            for engine in self.engines:
+                lease = engine.context.lease
+                if lease is not None and not lease.valid():
+                    continue  # a replica's: the replica that holds the account re-evaluates it
+                try:
+                    reevaluated += await engine.apply_rules()
+                except (StoreError, LeaseLost) as exc:
+                    # The rules are in force; this account's store was not re-evaluated under
+                    # them. Every sweep re-evaluates first (the stored fingerprint still
+                    # differs), so its next one does, or the writer that took over.
+                    logger.error(
+                        "config reload (%s): rules in force, but re-evaluating account %s "
+                        "failed (its next sweep retries): %s",
+                        why,
+                        engine.account,
+                        exc,
+                    )
             logger.info(
                 "config reload (%s): %d policies and %d holds in force; %d conversations "
                 "re-evaluated",

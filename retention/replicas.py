@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from retention.clocks import Clock, utc_now
 from retention.errors import StoreError
@@ -34,7 +34,7 @@ from retention.lease import LeaseKeeper
 from retention.store import Store
 
 logger = logging.getLogger(__name__)
-HANDOVER_WAIT = 30.0  # seconds to wait for an account's requests in flight before releasing
+BALANCE_JOB = "balance"  # the daemon's health names a balancing that keeps failing so
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class Replicas:
         *,
         holder: str,
         ttl: timedelta,
+        request_timeout: timedelta = timedelta(seconds=30),
+        failing_since: dict[str, datetime] | None = None,
         clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -66,6 +68,11 @@ class Replicas:
         self.slots = list(slots)
         self.holder = holder
         self.ttl = ttl
+        # Every request ends (answered or timed out) within this: a handover waits that long
+        # for the requests in flight, and none is sent closer than this to the lease's lapse.
+        self.request_timeout = request_timeout
+        # Where a balancing that keeps failing is told (the daemon's health: /readyz).
+        self.failing_since = failing_since if failing_since is not None else {}
         self.clock = clock  # None: the database's clock, as the leases use
         self.monotonic = monotonic
         self.started_at = clock() if clock is not None else utc_now()
@@ -81,8 +88,13 @@ class Replicas:
             while True:
                 try:
                     await self.balance()
-                except StoreError as exc:  # the store is away: what is held lapses by itself
-                    logger.warning("replicas: cannot reach the store to balance: %s", exc)
+                except Exception as exc:
+                    # The store is away (what is held lapses by itself) or a round failed: say
+                    # so, count it for /readyz, and try again next round.
+                    logger.warning("replicas: balancing failed: %s", exc)
+                    self.failing_since.setdefault(BALANCE_JOB, utc_now())
+                else:
+                    self.failing_since.pop(BALANCE_JOB, None)
                 await asyncio.sleep(self.ttl.total_seconds() / 3)
         finally:
             await asyncio.shield(self.leave())
@@ -99,8 +111,9 @@ class Replicas:
         self.live = live
         share = fair_share(len(self.slots), len(live))
         held = [s for s in self.slots if s.keeper.valid() and await s.keeper.renew_once()]
-        while len(held) > share:
-            await self.hand_over(held.pop())
+        if len(held) > share:  # all at once: the others' renewals do not wait on one handover
+            surplus, held = held[share:], held[:share]
+            await asyncio.gather(*(self.hand_over(s) for s in surplus))
         if len(held) < share:
             # Each replica starts looking at its own place in the list: first picks spread out.
             start = live.index(self.holder) * share
@@ -113,21 +126,30 @@ class Replicas:
         await self.store.forget_replica(self.holder, older_than=now - 10 * self.ttl)
 
     async def hand_over(self, slot: Slot) -> None:
-        """Give an account back: stand down, let its requests in flight end, release."""
+        """Give an account back: stand down, let its requests in flight end, release. A
+        request still unanswered after the request timeout (it cannot be) leaves the lease to
+        lapse instead: the next holder starts only after that."""
         slot.keeper.stand_down()
-        deadline = self.monotonic() + HANDOVER_WAIT
+        deadline = self.monotonic() + self.request_timeout.total_seconds() + 1.0
         while not slot.idle() and self.monotonic() < deadline:  # noqa: ASYNC110 - a counter
             await asyncio.sleep(0.05)
+        if not slot.idle():
+            logger.warning(
+                "replicas: account %s left to lapse: a request is unanswered", slot.account
+            )
+            return
         await slot.keeper.release()
-        logger.info("replicas: account %s handed over (fair share reached)", slot.account)
+        logger.info("replicas: account %s handed over", slot.account)
 
     async def leave(self) -> None:
-        """A clean stop: hand every account over and remove this replica's row."""
-        for slot in self.slots:
-            if slot.keeper.valid():
-                try:
-                    await self.hand_over(slot)
-                except StoreError as exc:
-                    logger.warning("replicas: could not give %s back: %s", slot.account, exc)
+        """A clean stop: hand every account over (at once) and remove this replica's row."""
+        held = [slot for slot in self.slots if slot.keeper.valid()]
+        for slot, outcome in zip(
+            held,
+            await asyncio.gather(*(self.hand_over(s) for s in held), return_exceptions=True),
+            strict=True,
+        ):
+            if isinstance(outcome, Exception):
+                logger.warning("replicas: could not give %s back: %s", slot.account, outcome)
         with contextlib.suppress(StoreError):  # else the row ages out
             await self.store.forget_replica(self.holder)

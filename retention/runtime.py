@@ -35,6 +35,7 @@ from retention.models import DEFAULT_ACCOUNT
 from retention.replicas import Replicas, Slot
 from retention.store import Store
 from retention.sweep import EngineOptions, Progress, Sweep
+from retention.timefmt import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,30 @@ def preflight(settings: Settings) -> None:
             )
             build_trigger(schedule.delete_every, schedule.delete_cron, key="schedule.delete_cron")
         check_admin_listen(settings.admin.listen, settings.admin_token)
+        check_replica_timing(settings)
     except ConfigError as exc:
         if exc.source is not None or exc.key is None:
             raise
         env_name = ENV_PREFIX + exc.key.replace(".", "__").upper()
         source = f"env {env_name}" if env_name in os.environ else settings.source
         raise ConfigError(exc.problem, source=source, key=exc.key) from None
+
+
+def check_replica_timing(settings: Settings) -> None:
+    """On a shared database every `run` is a replica, which sends a request under an account's
+    lease only while the lease outlasts the request timeout (so every request has ended before
+    another replica can take the account over). Renewed every third of its time, the lease
+    must be at least twice the request timeout for requests to go out at all."""
+    if is_sqlite(settings.store.url):
+        return
+    ttl, timeout = settings.store.lease_ttl, settings.api.request_timeout
+    if ttl < 2 * timeout:
+        raise ConfigError(
+            f"replicas on a shared store need lease_ttl ({format_duration(ttl)}) at least twice "
+            f"[api] request_timeout ({format_duration(timeout)}): raise it to "
+            f"{format_duration(2 * timeout)}, or lower request_timeout",
+            key="store.lease_ttl",
+        )
 
 
 def engine_options(settings: Settings, *, dry_run: bool) -> EngineOptions:
@@ -227,7 +246,11 @@ async def open_fleet(
     rules = settings.rules()
     async with AsyncExitStack() as stack:
         root = await stack.enter_async_context(open_store(settings, create=create))
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        # One session for every account: room for each account's requests in flight at once
+        # (aiohttp's default of 100 connections would have many accounts wait on each other).
+        room = max(100, sum(a.max_concurrency for a in chosen))
+        connector = aiohttp.TCPConnector(limit=room)
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
         runtimes: dict[str, Runtime] = {}
         for account in chosen:
             store = root.for_account(account.name)
@@ -272,11 +295,18 @@ def _replicas(settings: Settings, root: Store, runtimes: dict[str, Runtime]) -> 
             scope=lease_scope(runtime.account),
             ttl=settings.store.lease_ttl,
             holder=holder,
+            margin=settings.api.request_timeout,
         )
         runtime.lease = runtime.engine.context.lease = keeper
         runtime.client.identify = keeper.describe
         slots.append(Slot(runtime.account, keeper, idle=runtime.client.idle))
-    return Replicas(root, slots, holder=holder, ttl=settings.store.lease_ttl)
+    return Replicas(
+        root,
+        slots,
+        holder=holder,
+        ttl=settings.store.lease_ttl,
+        request_timeout=settings.api.request_timeout,
+    )
 
 
 async def _take_lease(
@@ -370,6 +400,7 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
         stack.callback(watching.cancel)
     replicas = fleet.replicas if isinstance(fleet, Fleet) else None
     if replicas is not None:  # a replica: its leases come and go; losing one stops nothing
+        replicas.failing_since = daemon.health.failing_since  # /readyz: balancing failing
         balancing = asyncio.create_task(replicas.run())
         stack.push_async_callback(_stopped, balancing)
     keepers = [r.lease for r in runtimes if r.lease is not None and replicas is None]

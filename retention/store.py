@@ -127,6 +127,8 @@ class Store:
                 after = await conn.run_sync(current_revision)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot migrate the store: {exc}") from None
+        except OSError as exc:  # a database server that cannot be reached
+            raise StoreError(f"cannot reach the database to migrate it: {exc}") from None
         if before != after:
             logger.info("store migrated from %s to %s", before or "empty", after)
         return before, after

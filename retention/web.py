@@ -293,6 +293,9 @@ async def _approve(request: web.Request) -> web.StreamResponse:
     engine = ctx.choose(body.account)
     if isinstance(engine, web.Response):
         return engine
+    lease = engine.context.lease
+    if lease is not None and not lease.valid():
+        return _not_held(engine)  # a change in an account is its holder's to make
     approved = await ctx.store_of(engine).approve(engine.clock(), agent_id=body.agent_id)
     logger.warning(
         "approved %d due conversations in %s of account %s past the breaker (admin API)",
@@ -333,11 +336,12 @@ async def _record_change(
 
 
 def _not_held(engine: Engine) -> web.Response:
-    """409: another replica holds the account now; it creates and tracks there (no forwarding)."""
+    """409: another replica holds the account now; it creates, tracks and approves there (no
+    forwarding)."""
     return fail(
         409,
         f"this replica does not hold account {engine.account!r} now: another replica does; "
-        "create and track through that one's admin surface",
+        "create, track and approve through that one's admin surface",
         field="account",
     )
 

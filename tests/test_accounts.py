@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -20,10 +21,15 @@ from pathlib import Path
 import pytest
 
 from retention.cli import main
+from retention.client import CustomGPTClient
 from retention.config import load_config
 from retention.emulator import Emulator, RateLimit
 from retention.emulator.seed import EmulatorState
+from retention.engine import Engine
+from retention.lease import LeaseKeeper, lease_scope
 from retention.models import State
+from retention.policy import Rules
+from retention.reload import ConfigWatcher
 from retention.runtime import open_fleet, run_daemon
 from retention.store import Store
 
@@ -227,7 +233,6 @@ async def test_a_401_in_one_account_leaves_the_others_deletions_on_time(
 
 def test_log_lines_name_the_account_of_the_work_in_hand() -> None:
     import io
-    import logging
 
     from retention import logs
 
@@ -245,3 +250,98 @@ def test_log_lines_name_the_account_of_the_work_in_hand() -> None:
     first, second = stream.getvalue().splitlines()
     assert first.endswith("retention.test: [north] deleted something")
     assert second.endswith("retention.test: between accounts")
+
+
+RELOAD = """
+[store]
+url = "{store}"
+
+[[accounts]]
+name = "north"
+token_env = "NORTH_TOKEN"
+
+[[accounts]]
+name = "south"
+token_env = "SOUTH_TOKEN"
+
+[[policies]]
+name = "test-chats"
+agents = "*"
+name_matches = ["Test*"]
+max_age = "1h"
+"""
+
+
+async def test_a_reload_puts_each_accounts_rules_in_force_at_once_whatever_fails(
+    tmp_path: Path, store_url: str, client: CustomGPTClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold added for south protects there at once, even when north's re-evaluation cannot
+    run (here: a replica that does not hold north's lease)."""
+    monkeypatch.setenv("NORTH_TOKEN", "n")
+    monkeypatch.setenv("SOUTH_TOKEN", "s")
+    config = tmp_path / "retention.toml"
+    config.write_text(RELOAD.format(store=store_url), encoding="utf-8")
+    settings = load_config(config)
+    store = await Store.open(store_url)
+    try:
+        engines = {
+            name: Engine(client, store.for_account(name), settings.rules().for_account(name))
+            for name in ("north", "south")
+        }
+        # north's lease is another replica's: nothing may be written in north from here.
+        engines["north"].context.lease = LeaseKeeper(store, scope=lease_scope("north"))
+        watcher = ConfigWatcher(config, list(engines.values()), settings, settle=0.2)
+        held = RELOAD + '\n[[holds]]\nname = "legal"\nname_matches = ["Test keep*"]\n'
+        config.write_text(held.format(store=store_url) + 'accounts = ["south"]\n', encoding="utf-8")
+        assert await watcher.reload("test") is True
+        assert [h.name for h in engines["south"].rules.holds] == ["legal"]
+        assert engines["north"].rules.holds == ()
+    finally:
+        await store.close()
+
+
+async def test_no_accounts_token_reaches_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With several accounts and none named default, each account's token is masked in every
+    log line the command line writes (a server may echo a token in an error)."""
+    monkeypatch.setenv("NORTH_TOKEN", "north-secret-token-123456")
+    monkeypatch.setenv("SOUTH_TOKEN", "south-secret-token-654321")
+    config = tmp_path / "retention.toml"
+    db = tmp_path / "r.db"
+    config.write_text(RELOAD.format(store=f"sqlite+aiosqlite:///{db}"), encoding="utf-8")
+
+    # The command line installs the log handler, with the secrets it must mask.
+    assert await asyncio.to_thread(main, ["db", "upgrade", "--config", str(config)]) == 0
+    logging.getLogger("retention.test").warning(
+        "echoed: north-secret-token-123456 and south-secret-token-654321"
+    )
+    err = capsys.readouterr().err
+    assert "echoed: *** and ***" in err
+    assert "secret-token" not in err
+
+
+async def test_the_longest_account_name_fits_every_key_built_on_it(
+    store: Store, client: CustomGPTClient
+) -> None:
+    """40 characters: its rules fingerprints (meta keys) and lease scope fit their columns on
+    PostgreSQL too, which enforces the lengths."""
+    longest = "a" * 40
+    engine = Engine(client, store.for_account(longest), Rules(()))
+    await engine.apply_rules()
+    keeper = LeaseKeeper(store, scope=lease_scope(longest))
+    assert await keeper.try_take()
+    assert await store.get_meta(f"first_rules_fingerprint:{longest}") is not None
+
+
+def test_check_refuses_replica_timing_that_would_send_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "retention.toml"
+    shared = '[store]\nurl = "postgresql+asyncpg://r@db.internal/r"\n'
+    config.write_text(shared, encoding="utf-8")
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "store.lease_ttl" in err and "at least twice [api] request_timeout (30s)" in err
+    config.write_text(shared + 'lease_ttl = "30s"\n[api]\nrequest_timeout = "10s"\n', "utf-8")
+    assert main(["check", "--config", str(config)]) == 0

@@ -251,7 +251,7 @@ ERRORS = [
     ("name-missing", '[[accounts]]\ntoken_env = "X"\n', "accounts[0].name", "required key"),
     ("name-uppercase", '[[accounts]]\nname = "Acme"\n', "accounts[0].name", "must be a lowercase"),
     ("name-leading-dash", '[[accounts]]\nname = "-a"\n', "accounts[0].name", "must be a lowercase"),
-    ("name-too-long", f'[[accounts]]\nname = "{"a" * 64}"\n', "accounts[0].name", "must be a"),
+    ("name-too-long", f'[[accounts]]\nname = "{"a" * 41}"\n', "accounts[0].name", "must be a"),
     ("name-empty", '[[accounts]]\nname = ""\n', "accounts[0].name", "must be a lowercase"),
     ("name-newline", '[[accounts]]\nname = "a\\n"\n', "accounts[0].name", "must be a lowercase"),
     (

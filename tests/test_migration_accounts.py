@@ -13,7 +13,7 @@ from sqlalchemy import Connection, text
 from retention.migrate import alembic_config
 from retention.models import AgentRecord, AuditOutcome, AuditRecord, Origin, State, SweepReport
 from retention.models import TrackedConversation as Tracked
-from retention.schema import metadata
+from retention.schema import REVISION, metadata
 from retention.store import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -146,3 +146,18 @@ async def fill_at_0009(store: Store) -> None:
     await migrate(store, "head")
     await fill(store)
     await migrate(store, "0009", down=True)
+
+
+async def test_a_downgrade_refuses_while_another_accounts_rows_are_stored(store: Store) -> None:
+    """Any table: an agent or an audit row of another account would be filed under default."""
+    now = NOW
+    await store.for_account("acme").save_agent(AgentRecord(900, "theirs", 1234), now=now)
+    try:
+        await migrate(store, "0009", down=True)
+    except Exception as exc:  # alembic wraps nothing: the migration's own error
+        assert "rows of agents belong to accounts other than 'default'" in str(exc)
+    else:
+        raise AssertionError("the downgrade went through")
+    assert await store.revision() == REVISION, "the whole downgrade rolled back"
+    agent = await store.for_account("acme").agent(900)
+    assert agent is not None and agent.sync_cursor == 1234, "nothing was changed"

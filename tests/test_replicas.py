@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from retention.errors import LeaseLost
 from retention.lease import LeaseKeeper, lease_scope
 from retention.replicas import Replicas, Slot, fair_share
 from retention.store import Store
@@ -197,3 +198,57 @@ async def test_a_replica_whose_clock_runs_ahead_cannot_take_a_lease_early(
     finally:
         await store.close()
         await postgres.drop(url)
+
+
+async def test_no_request_goes_out_closer_to_the_lapse_than_the_request_timeout(
+    store: Store,
+) -> None:
+    clocks = Clocks()
+    mono = [0.0]
+    keeper = LeaseKeeper(
+        store,
+        scope=lease_scope("a0"),
+        ttl=TTL,
+        holder="r1",
+        margin=timedelta(seconds=10),
+        clock=clocks.wall,
+        monotonic=lambda: mono[0],
+    )
+    assert await keeper.try_take()
+    assert "lease account:a0#1" in keeper.describe()
+    mono[0] = 19.0  # 11 s of the 30 left: a request of up to 10 s ends in time
+    keeper.describe()
+    mono[0] = 21.0  # 9 s left: one sent now could outlive the lease
+    with pytest.raises(LeaseLost, match="lapses before a request sent now would end"):
+        keeper.describe()
+    assert keeper.valid(), "still held: intents already fenced finish; nothing new is sent"
+
+
+@pytest.mark.postgresql
+async def test_balancing_outlives_a_lost_database_and_says_so(postgres: Cluster) -> None:
+    url = await postgres.new_database()
+    store = await Store.open(url)
+    failing: dict[str, datetime] = {}
+    keeper = LeaseKeeper(store, scope=lease_scope("a0"), ttl=timedelta(seconds=3), holder="r1")
+    replicas = Replicas(
+        store,
+        [Slot("a0", keeper, idle=lambda: True)],
+        holder="r1",
+        ttl=timedelta(seconds=3),
+        request_timeout=timedelta(seconds=1),
+        failing_since=failing,
+    )
+    running = asyncio.create_task(replicas.run())
+    try:
+        async with asyncio.timeout(10):
+            while replicas.held() != ["a0"]:  # noqa: ASYNC110 - another task's work
+                await asyncio.sleep(0.05)
+        await postgres.drop(url)  # the database is gone under the replica
+        async with asyncio.timeout(10):
+            while "balance" not in failing:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert not running.done(), "the balancing goes on, to take its share once it can"
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await store.close()

@@ -53,7 +53,7 @@ CONFIG_HEAD = f"""
 requests_per_minute = 3000
 burst = 50
 max_attempts = 2
-request_timeout = "5s"
+request_timeout = "1s"   # a lease of 3s must outlast it twice
 
 [store]
 url = "{{url}}"
@@ -203,10 +203,11 @@ async def test_three_replicas_share_six_accounts_through_kills_and_pauses(
                 action = rng.random()
                 if action < 0.12 and len(awake) > 1:
                     victim = rng.choice(awake)
+                    mark = f"pid={victim.process.pid} "  # type: ignore[union-attr]
                     lost = await held_by(database, victim)
                     killed_at = time.monotonic()
                     await victim.kill()
-                    takeovers.append(await taken_over(database, lost, since=killed_at))
+                    takeovers.append(await taken_over(database, lost, mark, since=killed_at))
                     await victim.start()
                 elif action < 0.24 and len(awake) > 1:
                     victim = rng.choice(awake)
@@ -264,10 +265,11 @@ def check_one_holder_at_a_time(account: str, emulator: Emulator) -> None:
 
 
 async def held_by(url: str, replica: Replica) -> list[str]:
-    """The accounts whose lease this replica's process holds."""
+    """The accounts whose lease this replica's process holds now (not lapsed or given back)."""
     assert replica.process is not None
-    mark = f"pid={replica.process.pid} "
-    return [a for a, (holder, _) in (await holders(url)).items() if mark in holder]
+    mark, now = f"pid={replica.process.pid} ", datetime.now(UTC)
+    held = await holders(url)
+    return [a for a, (holder, until) in held.items() if mark in holder and until > now]
 
 
 async def evenly_split(url: str, replicas: list[Replica], *, within: float) -> dict[int, int]:
@@ -291,13 +293,12 @@ async def until_every_account_is_held(url: str, *, within: float) -> None:
             await asyncio.sleep(0.2)
 
 
-async def taken_over(url: str, accounts: list[str], *, since: float) -> float:
-    """Seconds from ``since`` until each of ``accounts`` has a live holder other than the one
-    it had (the dead replica's)."""
-    before = await holders(url)
+async def taken_over(url: str, accounts: list[str], dead: str, *, since: float) -> float:
+    """Seconds from ``since`` until each of ``accounts`` has a live holder other than the dead
+    replica (whose holder name contains ``dead``)."""
     async with asyncio.timeout(30):
         while True:
             now, current = datetime.now(UTC), await holders(url)
-            if all(current[a][0] != before[a][0] and current[a][1] > now for a in accounts):
+            if all(dead not in current[a][0] and current[a][1] > now for a in accounts):
                 return time.monotonic() - since
             await asyncio.sleep(0.1)

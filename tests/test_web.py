@@ -16,6 +16,7 @@ from retention.client import CustomGPTClient
 from retention.emulator import Emulator
 from retention.engine import Engine
 from retention.errors import ConfigError
+from retention.lease import LeaseKeeper, lease_scope
 from retention.metrics import Metrics
 from retention.policy import Policy, Rules
 from retention.store import Store
@@ -539,3 +540,23 @@ def test_an_engine_must_sit_under_its_own_account(context: AdminContext, store: 
         replace(context, engines={"acme": context.engine})
     with pytest.raises(ValueError, match="at least one"):
         replace(context, engines={})
+
+
+async def test_a_replica_answers_reads_for_an_account_it_does_not_hold_and_changes_nothing(
+    http: aiohttp.ClientSession, admin: str, acme: Engine, emulator: Emulator, store: Store
+) -> None:
+    """acme's lease is another replica's: the plan and the why-view answer from the store; a
+    create, a track or an approval there is refused (409) and sends and writes nothing."""
+    acme.context.lease = LeaseKeeper(store.for_account("acme"), scope=lease_scope("acme"))
+    status, plan = await call(http, "GET", admin + "/v1/plan?account=acme", headers=AUTH)
+    assert status == 200 and plan["accounts"] == ["acme"]
+    session_id = next(iter(emulator.state.agents[532].conversations))
+    for path, body in (
+        ("/v1/conversations", {"agent_id": 532, "name": "x", "ttl": "2h", "account": "acme"}),
+        ("/v1/tracked", {"agent_id": 532, "session_id": session_id, "account": "acme"}),
+        ("/v1/approve", {"account": "acme"}),
+    ):
+        status, error = await call(http, "POST", admin + path, json=body, headers=AUTH)
+        assert status == 409 and "does not hold account 'acme'" in error["error"], path
+    assert not emulator.calls("POST") and not emulator.calls("GET", "*/messages")
+    assert await store.for_account("acme").conversations() == []

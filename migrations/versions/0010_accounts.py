@@ -216,18 +216,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Back to one account: refused while rows of any other account are stored (their agent
-    ids could clash with the default account's)."""
+    """Back to one account: refused while rows of any other account are stored, in any table
+    (they would be filed under the default account, and their agent ids could clash)."""
     bind = op.get_bind()
     postgresql = bind.dialect.name == "postgresql"
-    others = bind.execute(
-        sa.text("SELECT count(*) FROM conversations WHERE account != :a"), {"a": DEFAULT}
-    ).scalar_one()
-    if others:
-        raise RuntimeError(
-            f"{others} stored conversations belong to accounts other than {DEFAULT!r}: "
-            "a downgrade would mix them up; remove them first"
-        )
+    for table in ("conversations", "agents", "audit", "sweeps"):
+        others = bind.execute(
+            sa.text(f"SELECT count(*) FROM {table} WHERE account != :a"), {"a": DEFAULT}
+        ).scalar_one()
+        if others:
+            raise RuntimeError(
+                f"{others} rows of {table} belong to accounts other than {DEFAULT!r}: a "
+                "downgrade would file them under it; remove them first"
+            )
     _drop_triggers(postgresql)
     with op.batch_alter_table("sweeps") as b:
         b.drop_column("account")
