@@ -178,6 +178,9 @@ class StoreSettings(_Section):
     # One writer per store: a writer's lease lapses this long after its last heartbeat (every
     # third of it), and a standby takes over then.
     lease_ttl: Interval = timedelta(seconds=30)
+    # Accounts the store still holds rows of but no longer works in: writers start only when
+    # every account with live conversations in the store is configured or retired here.
+    retired_accounts: list[str] = []
 
     @field_validator("url")
     @classmethod
@@ -693,7 +696,27 @@ def _resolve_accounts(
                 "(plan, once and run need the token)"
             )
         accounts.append(_account(api, spec, token, where))
+    _refuse_one_account_twice(accounts, source)
     return tuple(accounts)
+
+
+def _refuse_one_account_twice(accounts: list[Account], source: str) -> None:
+    """Two entries with one token at one base URL are one CustomGPT account under two names:
+    a hold that names one of them would not protect what the other deletes."""
+    seen: dict[tuple[str, str], str] = {}
+    for index, account in enumerate(accounts):
+        if account.token is None:
+            continue
+        key = (account.base_url, account.token.get_secret_value())
+        if key in seen:
+            raise ConfigError(
+                f"accounts {seen[key]!r} and {account.name!r} use the same token at the same "
+                "base_url: one CustomGPT account under two names (a hold naming one would not "
+                "protect the other); keep one entry",
+                source=source,
+                key=f"accounts[{index}]",
+            )
+        seen[key] = account.name
 
 
 def _account(api: ApiSettings, spec: AccountSpec, token: SecretStr | None, where: str) -> Account:

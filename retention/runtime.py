@@ -275,6 +275,8 @@ async def open_fleet(
             runtimes[account.name] = Runtime(
                 settings, store, client, engine, stack, account=account.name
             )
+        if writer or replica:
+            await _refuse_unknown_accounts(settings, root)
         replicas = None
         if replica:
             replicas = _replicas(settings, root, runtimes)
@@ -282,6 +284,25 @@ async def open_fleet(
             for runtime in runtimes.values():
                 runtime.lease = await _take_lease(settings, runtime, stack, standby=standby)
         yield Fleet(settings, root, runtimes, stack, replicas)
+
+
+async def _refuse_unknown_accounts(settings: Settings, store: Store) -> None:
+    """A writer starts only when every account with live conversations in the store is one
+    the config names (or retires). Renaming an account in the config would otherwise leave
+    its rows (own TTLs, deletions in progress, audit) under the old name, unseen, while the
+    conversations are found again under the new one, without their TTLs."""
+    known = {a.name for a in settings.account_list()} | set(settings.store.retired_accounts)
+    unknown = {n: c for n, c in (await store.live_accounts()).items() if n not in known}
+    if unknown:
+        listed = ", ".join(f"{n!r} ({c} live)" for n, c in sorted(unknown.items()))
+        raise ConfigError(
+            f"the store holds conversations of accounts this config does not name: {listed}. "
+            "If an account was renamed, give it its old name back (a config without "
+            "[[accounts]] serves 'default'); if it is gone for good, list it in [store] "
+            "retired_accounts (its rows are kept, and nothing is done in it)",
+            source=settings.source,
+            key="accounts",
+        )
 
 
 def _replicas(settings: Settings, root: Store, runtimes: dict[str, Runtime]) -> Replicas:

@@ -237,6 +237,18 @@ class Store:
         async with self.db.connect() as conn:
             return {int(r[0]) for r in (await conn.execute(query)).all()}
 
+    async def live_accounts(self) -> dict[str, int]:
+        """Every account with live conversations in the store, and how many (from the counts
+        the triggers keep: a few rows)."""
+        k = conversation_counts.c
+        query = (
+            select(k.account, func.sum(k.n))
+            .where(k.state.in_(LIVE_STATES), k.n > 0)
+            .group_by(k.account)
+        )
+        async with self.db.connect() as conn:
+            return {str(r[0]): int(r[1]) for r in (await conn.execute(query)).all()}
+
     async def get(self, agent_id: int, session_id: str) -> TrackedConversation | None:
         query = select(conversations).where(
             conversations.c.account == self.account,

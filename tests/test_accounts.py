@@ -345,3 +345,27 @@ def test_check_refuses_replica_timing_that_would_send_nothing(
     assert "store.lease_ttl" in err and "at least twice [api] request_timeout (30s)" in err
     config.write_text(shared + 'lease_ttl = "30s"\n[api]\nrequest_timeout = "10s"\n', "utf-8")
     assert main(["check", "--config", str(config)]) == 0
+
+
+async def test_a_renamed_account_is_refused_until_its_old_name_is_given_back_or_retired(
+    accounts: tuple[Path, Account, Account],
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The store served north and south; a config that renames north to east would leave
+    north's rows (own TTLs, deletions in progress) unseen while east finds the conversations
+    again without them. Writers refuse to start, naming what the store holds."""
+    config, north, _south = accounts
+    assert await asyncio.to_thread(main, ["once", "--config", str(config), "--dry-run"]) == 0
+    renamed = config.read_text(encoding="utf-8").replace('name = "north"', 'name = "east"')
+    config.write_text(renamed, encoding="utf-8")
+    served = len(north.emulator.served)
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["once", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "does not name: 'north' (7 live)" in err and "retired_accounts" in err
+    assert len(north.emulator.served) == served, "nothing sent"
+    retired = renamed.replace("[store]\n", '[store]\nretired_accounts = ["north"]\n')
+    config.write_text(retired, encoding="utf-8")
+    assert await asyncio.to_thread(main, ["once", "--config", str(config), "--dry-run"]) == 0

@@ -487,3 +487,21 @@ def test_the_examples_commented_accounts_are_valid_once_uncommented(tmp_path: Pa
     assert [p.name for p in rules.for_account("globex").policies] == ["qa-chats", "qa-tickets"]
     assert [h.name for h in rules.for_account("globex").holds] == ["legal"]
     assert len(rules.for_account("acme").policies) == 3
+
+
+def test_one_account_under_two_names_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("A_TOKEN", "same-token")
+    monkeypatch.setenv("B_TOKEN", "same-token")
+    config = tmp_path / "retention.toml"
+    config.write_text(
+        '[[accounts]]\nname = "acme"\ntoken_env = "A_TOKEN"\n'
+        '[[accounts]]\nname = "acme-eu"\ntoken_env = "B_TOKEN"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert raised.value.key == "accounts[1]"
+    assert "'acme' and 'acme-eu' use the same token" in str(raised.value)
+    assert "same-token" not in str(raised.value)

@@ -63,7 +63,7 @@ def test_the_replicas_variant_runs_several_on_postgresql_with_every_secret_it_na
     config = tmp_path / "config.toml"
     config.write_text(objects["ConfigMap"]["data"]["config.toml"], encoding="utf-8")
     for name in env:
-        monkeypatch.setenv(name, "postgresql+asyncpg://r@db/r" if "URL" in name else "t")
+        monkeypatch.setenv(name, "postgresql+asyncpg://r@db/r" if "URL" in name else f"t-{name}")
     settings = load_config(config)
     assert settings.store.url.startswith("postgresql+asyncpg://")
     accounts = settings.account_list()
