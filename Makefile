@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := retention migrations tests benchmarks mutation
 
-.PHONY: install test lint format demo emulate bench bench-store stress mutate lock wheel-smoke container-smoke clean
+.PHONY: install test lint format demo emulate bench bench-store bench-scale stress mutate lock wheel-smoke container-smoke clean
 
 install: $(STAMP)
 
@@ -41,6 +41,15 @@ bench: $(STAMP)
 SIZES ?= 10000 100000 1000000
 bench-store: $(STAMP)
 	$(BIN)/python benchmarks/bench_store.py --sizes $(SIZES)
+
+# One `retention once` serving 200 accounts of 500 conversations (half due), each on its own
+# emulator and a budget of 600 calls a minute, more than one process can use: wall and CPU time,
+# peak RSS, calls/s sustained, CPU per 1,000 calls, each account's share of its budget, and how
+# many 60-a-minute accounts one process can serve (~6 minutes; files in /tmp/bench-scale).
+# BENCH_SCALE_ARGS="--conversations 300" for a shorter run (~3.5 minutes).
+BENCH_SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
 
 # Mutation testing of the pure core with mutmut (minutes; not part of `make test`): each of
 # policy.py, timefmt.py and budget.py is mutated in a copy of its own, every mutant runs only

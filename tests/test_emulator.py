@@ -13,9 +13,10 @@ import pytest
 
 from retention.emulator import DEFAULT_TOKEN, Emulator, Fault, RateLimit
 from retention.emulator.seed import HELD_SAMPLE_SESSION, load_seed, sample_state
+from retention.emulator.server import serve_many
 from retention.errors import ConfigError
 
-from .conftest import SHARED
+from .conftest import SHARED, small_state
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
 SPEC = SHARED / "api" / "customgpt-openapi.json"
@@ -286,3 +287,29 @@ async def test_shapes_agree_with_the_vendor_spec(http: aiohttp.ClientSession, ap
         "/settings",
     ):
         assert "/api/v1/projects/{projectId}" + path in spec["paths"]
+
+
+async def test_one_port_serves_several_emulators_each_on_its_own_token(
+    http: aiohttp.ClientSession,
+) -> None:
+    acme = Emulator(small_state(conversations=3), token="acme-token")
+    globex = Emulator(small_state(conversations=5), token="globex-token")
+    async with serve_many({"acme": acme, "globex": globex}) as urls:
+        assert urls["acme"].endswith("/t/acme/api/v1/") and urls["globex"].endswith(
+            "/t/globex/api/v1/"
+        )
+        assert urls["acme"].split("/t/")[0] == urls["globex"].split("/t/")[0]  # one port
+        for name, emulator, other in (("acme", acme, globex), ("globex", globex, acme)):
+            url = urls[name] + "projects/532/conversations"
+            mine = {"Authorization": f"Bearer {emulator.token}"}
+            theirs = {"Authorization": f"Bearer {other.token}"}
+            status, body, _ = await get(http, url, headers=mine)
+            assert status == 200
+            names = {c["name"] for c in body["data"]["data"]}
+            assert names == {c.name for c in emulator.state.agents[532].conversations.values()}
+            assert (await get(http, url, headers=theirs))[0] == 401
+    assert [(s.method, s.path, s.status) for s in acme.served] == [
+        ("GET", "/t/acme/api/v1/projects/532/conversations", 200),
+        ("GET", "/t/acme/api/v1/projects/532/conversations", 401),
+    ]
+    assert len(globex.served) == 2

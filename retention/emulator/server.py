@@ -13,7 +13,7 @@ import fnmatch
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +26,11 @@ from retention.emulator import shapes
 from retention.emulator.faults import Arrival, Fault, RateLimit
 from retention.emulator.seed import EmuAgent, EmuConversation, EmulatorState
 
-__all__ = ["DEFAULT_TOKEN", "Emulator", "Served"]
+__all__ = ["DEFAULT_TOKEN", "Emulator", "Served", "serve_many"]
 
 DEFAULT_TOKEN = "emulator-token"
 API_PREFIX = "/api/v1"
+MANY_PREFIX = "/t"  # serve_many: each emulator under /t/{name}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
 
@@ -317,6 +318,33 @@ class Emulator:
         response = web.json_response(shapes.envelope(data), status=status)
         response.headers.update(request.get(RATE_HEADERS, {}))
         return response
+
+
+@asynccontextmanager
+async def serve_many(
+    emulators: Mapping[str, Emulator], host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[dict[str, str]]:
+    """Serve several emulators, each an account of its own, on one port; yield each one's API
+    base URL by name (``http://HOST:PORT/t/NAME/api/v1/``). Each application is mounted under
+    ``/t/NAME`` (once only: aiohttp freezes it) and keeps its own token, state, faults, rate
+    limit and request log (whose paths start with ``/t/NAME``). Names: letters, digits, _ . -
+    """
+    root = web.Application()
+    for name, emulator in emulators.items():
+        if not name or not all(c.isalnum() or c in "_.-" for c in name) or name in (".", ".."):
+            raise ValueError(f"not a path segment for an emulator: {name!r}")
+        root.add_subapp(f"{MANY_PREFIX}/{name}", emulator.app)
+    runner = web.AppRunner(root, shutdown_timeout=0.5, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    try:
+        yield {
+            name: f"http://{host}:{bound}{MANY_PREFIX}/{name}{API_PREFIX}/" for name in emulators
+        }
+    finally:
+        await runner.cleanup()
 
 
 class _Abort(Exception):
