@@ -193,16 +193,7 @@ def run_measured(
         process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
         )
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.05)
+        status, usage = reap(process, within=timeout)
         wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     return Measured(
@@ -241,19 +232,25 @@ def spread(values: list[float], fmt: str) -> str:
     return f"min {low:{fmt}}  median {mid:{fmt}}  max {high:{fmt}}"
 
 
+def reap(process: subprocess.Popen[bytes], *, within: float) -> tuple[int, Any]:
+    """Wait for ``process`` (SIGKILL after ``within`` seconds): its wait status and its own
+    resource usage, from ``os.wait4``."""
+    deadline = time.monotonic() + within
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            return status, usage
+        if time.monotonic() > deadline:
+            process.kill()
+            _pid, status, usage = os.wait4(process.pid, 0)
+            return status, usage
+        time.sleep(0.05)
+
+
 def stop_child(child: subprocess.Popen[bytes]) -> tuple[int, float]:
     """SIGTERM the emulators; their exit status and CPU seconds."""
     child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 120
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            child.kill()
-            pid, status, usage = os.wait4(child.pid, 0)
-            break
-        time.sleep(0.05)
+    status, usage = reap(child, within=120)
     child.returncode = os.waitstatus_to_exitcode(status)
     return child.returncode, usage.ru_utime + usage.ru_stime
 
