@@ -492,6 +492,12 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, Any]:
         """The effective configuration for a log line: the token shown only as set or not."""
         data = self.model_dump(mode="json", exclude={"policies", "holds", "accounts"})
+        # Durations as people write them in the file ("15m"), not ISO 8601 ("PT15M").
+        python = self.model_dump(exclude={"policies", "holds", "accounts"})
+        for section, values in python.items():
+            for key, value in values.items():
+                if isinstance(value, timedelta):
+                    data[section][key] = format_duration(value)
         data["api"]["token"] = "set" if self._token is not None else "not set"
         data["accounts"] = [
             {

@@ -352,6 +352,8 @@ async def _send_delete(
         await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
         await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id, detail=detail)
         report.deleted += 1
+        if current.due_at is not None:  # how late: the SLO's figure (retention_deletion_delay)
+            report.delays.append(max(0.0, (done - current.due_at).total_seconds()))
         logger.info(
             "deleted %s (%s)%s",
             _label(current),

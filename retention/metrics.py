@@ -8,20 +8,37 @@ each account's client counters as they stand. Scraping costs no API call. Every 
 
 from __future__ import annotations
 
-import math
+import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from retention import __version__
 from retention.budget import CallStats, RequestBudget
 from retention.clocks import ClockReading
 from retention.models import DEFAULT_ACCOUNT, AgentStatus, SweepReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SWEEP_KINDS = ("discover", "delete", "once", "apply")
+# A counter's _created series doubles every series for no alert's use: left out.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+# Seconds from due to deleted: a minute's lateness (one deletion interval) up to a week.
+DELAY_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,7 @@ class _ApiCollector(Collector):
         )
         remaining = GaugeMetricFamily(
             "retention_api_budget_remaining",
-            "Requests left in the current window, as the API last reported (NaN: not reported)",
+            "Requests left in the current window, as the API last reported (absent until then)",
             labels=account,
         )
         paused = GaugeMetricFamily(
@@ -64,7 +81,7 @@ class _ApiCollector(Collector):
         )
         skew = GaugeMetricFamily(
             "retention_clock_skew_seconds",
-            "The server's Date minus the local clock on the latest response (NaN: none yet)",
+            "The server's Date minus the local clock on the latest response (absent: none yet)",
             labels=account,
         )
         exceeded = GaugeMetricFamily(
@@ -84,12 +101,13 @@ class _ApiCollector(Collector):
                 calls.add_metric([name, kind, status], count)
             budget = source.budget
             limited.add_metric([name], budget.rate_limited)
-            left = budget.remaining
-            remaining.add_metric([name], math.nan if left is None else left)
+            if (left := budget.remaining) is not None:  # absent until the API has said
+                remaining.add_metric([name], left)
             paused.add_metric([name], budget.paused_for)
             per_minute.add_metric([name], budget.requests_per_minute)
             reading = source.clock_reading()
-            skew.add_metric([name], reading.skew.total_seconds() if reading else math.nan)
+            if reading is not None:  # absent until a response has told the server's time
+                skew.add_metric([name], reading.skew.total_seconds())
             over = reading is not None and abs(reading.skew) > self.max_clock_skew
             exceeded.add_metric([name], 1.0 if over else 0.0)
         yield from (calls, limited, remaining, paused, per_minute, skew, exceeded, held)
@@ -169,6 +187,33 @@ class Metrics:
             ["account", "kind"],
             registry=r,
         )
+        self.delay = Histogram(
+            "retention_deletion_delay_seconds",
+            "How long after its due time each conversation was deleted",
+            ["account"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "retention_reloads",
+            "Config reloads, by result (ok, rejected: the rules in force stayed)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "rejected"):
+            self.reloads.labels(result)
+        self.last_reload = Gauge(
+            "retention_last_successful_reload_timestamp_seconds",
+            "When the rules in force were last put in force, at start or by a reload (Unix time)",
+            registry=r,
+        )
+        Info("retention_build", "The running retention's version", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        # process_* (CPU, memory, open files, start time) and python_info, as exporters have.
+        if PROCESS_COLLECTOR is not None:
+            ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self._sources: dict[str, ApiSource] = {}
         r.register(_ApiCollector(self._sources, max_clock_skew))
         if stats is not None and budget is not None:
@@ -186,8 +231,19 @@ class Metrics:
         held: Callable[[], bool] | None = None,
     ) -> None:
         """Report this account's API calls, budget, clock and, for a replica, whether it
-        holds the account now."""
+        holds the account now. Its sweep results start at zero, so an alert on failed sweeps
+        has a series before the first failure."""
         self._sources[name] = ApiSource(stats, budget, clock_reading, held or (lambda: True))
+        for kind in SWEEP_KINDS:
+            for result in ("ok", "failed"):
+                self.sweeps.labels(name, kind, result)
+        self.unverified.labels(name)
+
+    def observe_reload(self, ok: bool, at: datetime) -> None:
+        """A reload's result; an accepted one is the time the rules in force date from."""
+        self.reloads.labels("ok" if ok else "rejected").inc()
+        if ok:
+            self.last_reload.set(at.timestamp())
 
     def observe_sweep(self, report: SweepReport) -> None:
         account, result = report.account, "ok" if report.ok else "failed"
@@ -204,6 +260,8 @@ class Metrics:
                 self.breaker.labels(account, scope).set(1)
         for (outcome, rule), count in report.outcomes.items():
             self.deletions.labels(account, outcome, rule).inc(count)
+        for seconds in report.delays:
+            self.delay.labels(account).observe(seconds)
         self.unverified.labels(account).inc(report.unverified)
 
     def set_store_figures(self, rows: Mapping[str, list[AgentStatus]]) -> None:

@@ -375,6 +375,7 @@ class SweepReport:
     breaker_scopes: list[str] = field(default_factory=list)  # "account" or agent ids
     api_calls: dict[str, int] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, rule)
+    delays: list[float] = field(default_factory=list)  # seconds from due to deleted, each
     error: str | None = None
 
     @property

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retention.config import Settings, load_config
@@ -43,9 +43,17 @@ class ConfigWatcher:
         self.settle_tries = settle_tries
         self._digest = _digest(_read(path))
         self._lock = asyncio.Lock()
+        # Told of every reload's result (True: the new rules are in force): the metrics.
+        self.listeners: list[Callable[[bool], None]] = []
 
     async def reload(self, why: str = "SIGHUP") -> bool:
         """Load the settled file; put its rules in force when valid. True when they were."""
+        accepted = await self._reload(why)
+        for listener in self.listeners:
+            listener(accepted)
+        return accepted
+
+    async def _reload(self, why: str) -> bool:
         async with self._lock:
             content = await self._settled()
             if content is None:

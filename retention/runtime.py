@@ -399,6 +399,8 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
         runtime.engine.listeners.append(metrics.observe_sweep)
     engines = [r.engine for r in runtimes]
     watcher = ConfigWatcher(Path(settings.source), engines, settings)
+    metrics.last_reload.set(utc_now().timestamp())  # the rules in force date from the start
+    watcher.listeners.append(lambda ok: metrics.observe_reload(ok, utc_now()))
     daemon = Daemon(
         engines,
         discover=Cadence(schedule.discover_every, schedule.discover_cron),

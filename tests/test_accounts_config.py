@@ -505,3 +505,12 @@ def test_one_account_under_two_names_is_refused(
     assert raised.value.key == "accounts[1]"
     assert "'acme' and 'acme-eu' use the same token" in str(raised.value)
     assert "same-token" not in str(raised.value)
+
+
+def test_the_effective_configuration_writes_durations_as_people_do(tmp_path: Path) -> None:
+    config = tmp_path / "retention.toml"
+    config.write_text('[schedule]\ndiscover_every = "15m"\n', encoding="utf-8")
+    described = load_config(config).describe()
+    assert described["schedule"]["discover_every"] == "15m"
+    assert described["safety"]["policy_change_grace"] == "1h"
+    assert "PT" not in repr(described)

@@ -156,3 +156,20 @@ async def test_reload_waits_for_the_file_to_settle_and_parses_what_it_read(
     assert await watcher.reload("test")
     await writing
     assert [p.name for p in watcher.engines[0].rules.policies] == ["settled"]
+
+
+async def test_every_reload_result_is_told_to_the_listeners(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    """What the metrics count (retention_reloads_total, the last successful reload's time)."""
+    config = tmp_path / "retention.toml"
+    good = '[[policies]]\nname = "a"\nagents = [532]\nmax_age = "1h"\n'
+    config.write_text(good, encoding="utf-8")
+    watcher = ConfigWatcher(config, make_engine(), load_config(config), settle=0.1)
+    told: list[bool] = []
+    watcher.listeners.append(told.append)
+    config.write_text(good.replace('"1h"', '"1 fortnight"'), encoding="utf-8")
+    assert not await watcher.reload("test")
+    config.write_text(good.replace('"1h"', '"2h"'), encoding="utf-8")
+    assert await watcher.reload("test")
+    assert told == [False, True]

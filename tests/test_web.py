@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from retention import __version__
 from retention.admin import AdminContext
 from retention.client import CustomGPTClient
 from retention.emulator import Emulator
@@ -560,3 +561,39 @@ async def test_a_replica_answers_reads_for_an_account_it_does_not_hold_and_chang
         assert status == 409 and "does not hold account 'acme'" in error["error"], path
     assert not emulator.calls("POST") and not emulator.calls("GET", "*/messages")
     assert await store.for_account("acme").conversations() == []
+
+
+async def test_metrics_an_slo_can_stand_on(
+    http: aiohttp.ClientSession, admin: str, engine: Engine, emulator: Emulator
+) -> None:
+    """Build and process figures; sweep results at zero before the first failure; the delay
+    from due to deleted; reload results; no _created series; no budget figure before the API
+    has sent one."""
+    now = datetime.now(UTC)
+    emulator.state.add_conversation(532, "Test old", created_at=now - timedelta(hours=2))
+    await engine.sweep()
+    _status, text = await call(http, "GET", admin + "/metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    names = {name for name, _ in samples}
+    default = ("account", "default")
+    build = next(labels for name, labels in samples if name == "retention_build_info")
+    assert dict(build)["version"] == __version__
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total"} <= names
+    assert not [n for n in names if n.endswith("_created")], "no _created series"
+    for kind in ("discover", "delete", "once"):
+        failed = (default, ("kind", kind), ("result", "failed"))
+        assert samples[("retention_sweeps_total", failed)] == 0, "a series before any failure"
+    delay = samples[("retention_deletion_delay_seconds_count", (default,))]
+    assert delay == 1, "the one deletion's lateness"
+    buckets = {
+        dict(labels)["le"]: v
+        for (n, labels), v in samples.items()
+        if n.endswith("delay_seconds_bucket")
+    }
+    assert (buckets["1800.0"], buckets["10800.0"]) == (0, 1), "due an hour ago"
+    assert samples[("retention_reloads_total", (("result", "rejected"),))] == 0
+    assert "retention_api_budget_remaining" not in names, "absent until the API reports one"
