@@ -123,7 +123,7 @@ class Replicas:
                     break
                 if slot not in held and await slot.keeper.try_take():
                     held.append(slot)
-        await self.store.forget_replica(self.holder, older_than=now - 10 * self.ttl)
+        await self.store.forget_dead_replicas(older_than=now - 10 * self.ttl)
 
     async def hand_over(self, slot: Slot) -> None:
         """Give an account back: stand down, let its requests in flight end, release. A

@@ -606,16 +606,15 @@ class Store:
         async with self.db.connect() as conn:
             return [str(r[0]) for r in (await conn.execute(query)).all()]
 
-    async def forget_replica(self, replica: str, *, older_than: datetime | None = None) -> None:
-        """Remove this replica's row (a clean stop), or, with ``older_than``, every row whose
-        last beat is older than that (long dead)."""
-        statement = delete(replicas)
-        if older_than is None:
-            statement = statement.where(replicas.c.id == replica)
-        else:
-            statement = statement.where(replicas.c.beat_at < older_than)
+    async def forget_replica(self, replica: str) -> None:
+        """Remove this replica's row (a clean stop)."""
         async with self.db.begin() as conn:
-            await conn.execute(statement)
+            await conn.execute(delete(replicas).where(replicas.c.id == replica))
+
+    async def forget_dead_replicas(self, *, older_than: datetime) -> None:
+        """Remove the rows of replicas whose last beat is older than ``older_than``."""
+        async with self.db.begin() as conn:
+            await conn.execute(delete(replicas).where(replicas.c.beat_at < older_than))
 
     async def note_dry_run(self, agent_id: int, session_id: str, *, now: datetime) -> None:
         statement = (
