@@ -56,6 +56,8 @@ class AdminContext:
     admin_token: SecretStr | None
     ready_after_failing: timedelta
     overdue_after: timedelta
+    # /report's default: due for longer than one deletion interval and an hour
+    report_overdue_after: timedelta = timedelta(minutes=75)
 
     def __post_init__(self) -> None:
         if not self.engines:

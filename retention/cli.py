@@ -12,13 +12,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from retention import __version__, commands, housekeeping, logs
+from retention import __version__, commands, evidence, housekeeping, logs
 from retention.commands import EXIT_FAILURE, EXIT_USAGE
 from retention.config import Settings, config_path, is_agent_id, load_config, to_duration
 from retention.errors import ConfigError, RetentionError
+from retention.models import AuditOutcome
+from retention.timefmt import to_moment
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits 0 when valid, 2 with one line naming the file, the key and the problem.",
     )
     _config_option(check)
+    check.add_argument(
+        "--json", action="store_true", help="print JSON (only JSON) on stdout, errors too"
+    )
 
     plan = commands.add_parser(
         "plan",
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument(
         "--max", type=_positive, metavar="N", help="take at most N due conversations, then stop"
     )
+    once.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
 
     approve = commands.add_parser(
         "approve",
@@ -153,6 +159,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(status)
     _account_option(status, "status")
+    status.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
+
+    audit = commands.add_parser(
+        "audit",
+        help="the tamper-evident audit trail: verify its hash chain, pin its head, export it",
+        description="Every deletion's audit row carries a sequence number, the previous row's "
+        "hash and its own (SHA-256 over a canonical encoding; README: Evidence for auditors). "
+        "Makes no API call.",
+    )
+    audit_commands = audit.add_subparsers(
+        dest="audit_command", metavar="ACTION", parser_class=_Parser
+    )
+    audit_commands.required = True
+    verify = audit_commands.add_parser(
+        "verify",
+        help="walk the hash chain; exit 1 naming the first row edited, deleted or inserted",
+        description="Walk each account's audit chain in order and recompute every hash. Exits 0 "
+        "when every chain holds, 1 naming each account's first row that does not (an edited, "
+        "deleted or inserted row).",
+    )
+    _config_option(verify)
+    _account_option(verify, "audit")
+    verify.add_argument(
+        "--pin",
+        metavar="SEQ:HASH",
+        help="also require row SEQ to have HASH (a head printed earlier by `audit head`)",
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
+    head = audit_commands.add_parser(
+        "head",
+        help="print each account's latest sequence number and hash, to pin elsewhere",
+        description="Print each account's chain head: the latest sequence number and its hash. "
+        "Keep it outside the store; `audit verify --pin SEQ:HASH` checks the chain still has it.",
+    )
+    _config_option(head)
+    _account_option(head, "audit")
+    head.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
+    export = audit_commands.add_parser(
+        "export",
+        help="stream audit rows with their hashes as JSON lines or CSV",
+        description="Stream audit rows, oldest first, with their sequence numbers and hashes, "
+        "as JSON lines or CSV, to stdout or --out FILE. Memory stays flat however many rows.",
+    )
+    _config_option(export)
+    _account_option(export, "audit")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--since", metavar="WHEN", help="from this time: 30d (ago) or 2026-11-01")
+    export.add_argument("--until", metavar="WHEN", help="before this time: 1d (ago) or a date")
+    export.add_argument("--agent", type=_agent_id, metavar="ID", help="only this agent")
+    export.add_argument("--rule", metavar="NAME", help="only rows of this rule")
+    export.add_argument(
+        "--outcome", choices=[o.value for o in AuditOutcome], help="only rows of this outcome"
+    )
+    export.add_argument("--out", type=Path, metavar="FILE", help="write here (must not exist)")
+
+    report = commands.add_parser(
+        "report",
+        help="what was deleted, failed, due, overdue and held over a period, per account, "
+        "agent and rule; table, --json or --html",
+        description="Report a period (--since, default 30d) from the store: per account, agent "
+        "and rule the deleted, failed, still due, overdue, held, in grace and breaker-blocked "
+        "conversations, the delay from due to deleted, platform retention settings that "
+        "conflict with a policy, and the audit chain's head and verification. Makes no API call.",
+    )
+    _config_option(report)
+    _account_option(report, "report")
+    report.add_argument("--since", default="30d", metavar="DURATION", help="period (default 30d)")
+    report.add_argument(
+        "--overdue-after",
+        metavar="DURATION",
+        help="due this long counts as overdue (default: the delete interval plus 1h)",
+    )
+    shown = report.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print JSON (only JSON) on stdout")
+    shown.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained page")
 
     probe = commands.add_parser(
         "probe",
@@ -189,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--seconds", type=float, default=20.0, help="how long the daemon runs (default 20)"
+    )
+    demo.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the demo's config and store in DIR (new or empty), to try `retention "
+        "audit verify`, `report` and `status` on them afterwards",
     )
 
     emulate = commands.add_parser(
@@ -228,6 +316,16 @@ def _duration_arg(text: str, option: str) -> timedelta:
         raise ConfigError(str(exc), key=option) from None
 
 
+def _moment_arg(text: str | None, option: str) -> datetime | None:
+    """A point in time given as a duration ago (``30d``) or as a date or timestamp (UTC)."""
+    if text is None:
+        return None
+    try:
+        return to_moment(text, datetime.now(UTC))
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=option) from None
+
+
 def _agent_id(text: str) -> int:
     value = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
     if not is_agent_id(value):
@@ -252,6 +350,8 @@ ACCOUNT_HELP = {
     "approve": "the account (default: the only one)",
     "create": "the account to create it in (default: the only one)",
     "track": "the account it belongs to (default: the only one)",
+    "audit": "only this account (default: every account)",
+    "report": "only this account (default: every account)",
 }
 
 
@@ -273,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return housekeeping.init(args.path)
         if args.command == "check":
-            return commands.check(_load(args))
+            return commands.check(lambda: _load(args), as_json=args.json)
         if args.command == "emulate":
             return housekeeping.emulate(
                 port=args.port,
@@ -286,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             logs.configure(level="INFO", fmt="text")
             logging.getLogger("retention.deletion").setLevel(logging.WARNING)
-            return housekeeping.demo(args.seconds)
+            return housekeeping.demo(args.seconds, keep=args.keep)
         settings = _load(args)
         if args.command == "probe":
             return housekeeping.probe(settings, ready=args.ready, timeout=args.timeout)
@@ -315,7 +415,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "once":
         return await commands.once(
-            settings, dry_run=args.dry_run, cap=args.max, account=args.account
+            settings, dry_run=args.dry_run, cap=args.max, account=args.account, as_json=args.json
         )
     if args.command == "approve":
         return await commands.approve(settings, agent_id=args.agent, account=args.account)
@@ -340,7 +440,36 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             account=args.account,
         )
     if args.command == "status":
-        return await commands.status(settings, account=args.account)
+        return await commands.status(settings, account=args.account, as_json=args.json)
+    if args.command == "audit" and args.audit_command == "verify":
+        return await evidence.audit_verify(
+            settings, account=args.account, pin=args.pin, as_json=args.json
+        )
+    if args.command == "audit" and args.audit_command == "head":
+        return await evidence.audit_head(settings, account=args.account, as_json=args.json)
+    if args.command == "audit":
+        return await evidence.audit_export(
+            settings,
+            account=args.account,
+            fmt=args.format,
+            since=_moment_arg(args.since, "--since"),
+            until=_moment_arg(args.until, "--until"),
+            agent_id=args.agent,
+            rule=args.rule,
+            outcome=args.outcome,
+            out=args.out,
+        )
+    if args.command == "report":
+        return await evidence.report(
+            settings,
+            account=args.account,
+            since=_duration_arg(args.since, "--since"),
+            overdue_after=None
+            if args.overdue_after is None
+            else _duration_arg(args.overdue_after, "--overdue-after"),
+            as_json=args.json,
+            html=args.html,
+        )
     if args.command == "db" and args.db_command == "backup":
         return await housekeeping.db_backup(settings, Path(args.file))
     if args.command == "db":

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from rich.console import Console
 from retention import planfile, render, tracking
 from retention.breaker import judge
 from retention.config import TOKEN_ENV, Settings
-from retention.errors import ConfigError
+from retention.errors import ConfigError, RetentionError
 from retention.lease import lease_scope
 from retention.metrics import overdue_after
 from retention.models import SweepReport, TrackedConversation
@@ -36,6 +36,7 @@ from retention.runtime import (
     open_store,
     preflight,
     run_daemon,
+    secrets_of,
 )
 from retention.sweep import Progress
 
@@ -46,10 +47,48 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REMAINING = 0, 1, 2, 3
 
 
-def check(settings: Settings) -> int:
-    """Validate and summarise a config: loading it raised on any problem, and the start-up
-    checks are the ones ``run`` makes."""
-    preflight(settings)
+def check(load: Callable[[], Settings], *, as_json: bool = False) -> int:
+    """Validate and summarise a config: loading it (``load``) raises on any problem, and the
+    start-up checks are the ones ``run`` makes.
+
+    With ``as_json`` a problem is a JSON document too (``ok: false`` and the error's file, key
+    and message) on stdout, besides the usual line on stderr; exit 2 either way.
+    """
+    if not as_json:
+        settings = load()
+        preflight(settings)
+        _check_text(settings)
+        warnings = _check_warnings(settings)
+    else:
+        try:
+            settings = load()
+            preflight(settings)
+        except ConfigError as exc:
+            print(json.dumps(render.check_error_json(exc), indent=2))
+            print(f"retention: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        warnings = _check_warnings(settings)
+        _print_json(render.check_json(settings, warnings=warnings), settings)
+    for warning in warnings:
+        print(f"retention: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_warnings(settings: Settings) -> list[str]:
+    warnings = list(settings.warnings)
+    if not settings.accounts and settings.token is None:
+        warnings.append(
+            f"no API token; set env {TOKEN_ENV} or [api] token_file before plan, once or run"
+        )
+    return warnings
+
+
+def _print_json(body: object, settings: Settings) -> None:
+    """A JSON document, alone on stdout; every token masked should one ever get into it."""
+    print(secrets_of(settings).scrub(json.dumps(body, indent=2)))
+
+
+def _check_text(settings: Settings) -> None:
     rules = settings.rules()
     print(f"{settings.source}: ok")
     for account in settings.account_list():
@@ -58,7 +97,7 @@ def check(settings: Settings) -> int:
             f"  {label:<10} {account.base_url} at {account.requests_per_minute} requests/minute, "
             f"token {'set' if account.token else 'not set'}"
         )
-    print(f"  store      {settings.store.url}")
+    print(f"  store      {render.shown_store_url(settings.store.url)}")
     print(f"  schedule   {render.schedule_line(settings)}")
     print(f"  dry_run    {str(settings.safety.dry_run).lower()}")
     print(f"  policies   {len(rules.policies)} (first match decides)")
@@ -69,15 +108,6 @@ def check(settings: Settings) -> int:
         print(f"    [{index}] {render.describe_hold(hold)}")
     if not rules.policies:
         print("  note: no policies, so nothing will ever be deleted")
-    for warning in settings.warnings:
-        print(f"retention: warning: {warning}", file=sys.stderr)
-    if not settings.accounts and settings.token is None:
-        print(
-            f"retention: warning: no API token; set env {TOKEN_ENV} or [api] token_file "
-            "before plan, once or run",
-            file=sys.stderr,
-        )
-    return EXIT_OK
 
 
 @contextmanager
@@ -207,7 +237,12 @@ def _write_new(path: Path, text: str) -> None:
 
 
 async def once(
-    settings: Settings, *, dry_run: bool, cap: int | None = None, account: str | None = None
+    settings: Settings,
+    *,
+    dry_run: bool,
+    cap: int | None = None,
+    account: str | None = None,
+    as_json: bool = False,
 ) -> int:
     """One sweep in every account (or ``account``), at once, each deleting its whole due set
     batch after batch on its own budget, unless something stops it (``--max``: per account).
@@ -215,19 +250,30 @@ async def once(
     Exit 1 when a sweep failed (in any account: the others run to their end), else 3
     (``EXIT_REMAINING``) when due conversations remain that ``--max`` did not leave on purpose:
     the breaker tripped, the clock guard held back, or a failure cut the sweep short.
+
+    ``as_json`` prints one JSON document on stdout instead of the summary lines; the exit code
+    and stderr are the same. A sweep that raised is in it too (``ok: false``, its ``error``).
     """
     names = _accounts(settings, account)
+    reports: dict[str, SweepReport] = {}  # every sweep's report, a failed one's too
     with terminal_progress() as progress:
         async with open_fleet(
             settings, accounts=names, dry_run=dry_run, progress=progress, writer=True
         ) as fleet:
             outcomes: list[tuple[SweepReport, int] | BaseException]
             if len(names) == 1:  # a failure is the command's: the CLI reports it
-                outcomes = [await _once_in(fleet.one(names[0]), cap)]
+                try:
+                    outcomes = [await _once_in(fleet.one(names[0]), cap, reports)]
+                except RetentionError as exc:
+                    if as_json:
+                        _print_once_json(settings, names, [exc], reports, cap=cap, dry_run=dry_run)
+                    raise
             else:
                 outcomes = await asyncio.gather(
-                    *(_once_in(r, cap) for r in fleet), return_exceptions=True
+                    *(_once_in(r, cap, reports) for r in fleet), return_exceptions=True
                 )
+    if as_json:
+        return _print_once_json(settings, names, outcomes, reports, cap=cap, dry_run=dry_run)
     codes = []
     for name, outcome in zip(names, outcomes, strict=True):
         if isinstance(outcome, BaseException):
@@ -236,17 +282,61 @@ async def once(
             print(f"retention: account {name} failed: {outcome}", file=sys.stderr)
             codes.append(EXIT_FAILURE)
         else:
+            print(outcome[0].summary())
             codes.append(_once_result(*outcome, cap=cap))
     return EXIT_FAILURE if EXIT_FAILURE in codes else max(codes)
 
 
-async def _once_in(runtime: Runtime, cap: int | None) -> tuple[SweepReport, int]:
-    report = await runtime.engine.sweep("once", until_done=True, cap=cap)
-    return report, await runtime.engine.remaining()
+def _print_once_json(
+    settings: Settings,
+    names: list[str],
+    outcomes: Sequence[tuple[SweepReport, int] | BaseException],
+    reports: dict[str, SweepReport],
+    *,
+    cap: int | None,
+    dry_run: bool,
+) -> int:
+    """``once --json``: one document for every account; the exit code as without it."""
+    accounts = []
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            if len(names) > 1:
+                print(f"retention: account {name} failed: {outcome}", file=sys.stderr)
+            report, left, error = reports.get(name), None, str(outcome)
+            # Alone, the error is the command's (the CLI's exit code); among several, a failure.
+            alone = len(names) == 1 and isinstance(outcome, ConfigError)
+            code = EXIT_USAGE if alone else EXIT_FAILURE
+        else:
+            (report, left), error = outcome, None
+            code = _once_result(report, left, cap=cap)
+        accounts.append(
+            render.report_json(report, account=name, remaining=left, exit_code=code, error=error)
+        )
+    codes = [a["exit_code"] for a in accounts]
+    code = EXIT_FAILURE if EXIT_FAILURE in codes else max(codes)
+    body = render.once_json(
+        accounts,
+        dry_run=dry_run or settings.safety.dry_run,
+        exit_code=code,
+        now=datetime.now(UTC),
+    )
+    _print_json(body, settings)
+    return code
+
+
+async def _once_in(
+    runtime: Runtime, cap: int | None, reports: dict[str, SweepReport]
+) -> tuple[SweepReport, int]:
+    engine = runtime.engine
+    engine.listeners.append(lambda report: reports.__setitem__(report.account, report))
+    report = await engine.sweep("once", until_done=True, cap=cap)
+    return report, await engine.remaining()
 
 
 def _once_result(report: SweepReport, left: int, *, cap: int | None) -> int:
-    print(report.summary())
+    """The account's exit code; the line on stderr that says why due conversations remain."""
     if not report.ok or report.failed:
         return EXIT_FAILURE
     if left and not (cap is not None and report.due >= cap):
@@ -325,21 +415,38 @@ def _print_record(record: TrackedConversation, output: str, *, verb: str) -> Non
         )
 
 
-async def status(settings: Settings, *, account: str | None = None) -> int:
+async def status(settings: Settings, *, account: str | None = None, as_json: bool = False) -> int:
     """The store's figures, breaker and last sweeps, account by account (or ``account``)."""
+    accounts = []
     async with open_store(settings, create=False) as root:
         now = datetime.now(UTC)
-        delete_every = settings.schedule.delete_every
+        overdue = overdue_after(settings.schedule.delete_every)
         for name in _accounts(settings, account):
             store = root.for_account(name)
             journal = store.journal
-            rows = await journal.status(now, overdue_after=overdue_after(delete_every))
+            rows = await journal.status(now, overdue_after=overdue)
             agents = await store.all_agents()
-            render.status_table(rows, agents, now=now, out=sys.stdout, account=name)
             verdict = judge(await store.due_figures(now), breaker_limits(settings))
+            sweeps = await journal.last_sweeps(5)
+            lease = await root.lease(lease_scope(name))
+            if as_json:
+                accounts.append(
+                    render.status_json(
+                        rows,
+                        agents,
+                        account=name,
+                        verdict=verdict,
+                        sweeps=sweeps,
+                        lease=lease,
+                        now=now,
+                    )
+                )
+                continue
+            render.status_table(rows, agents, now=now, out=sys.stdout, account=name)
             for reason in verdict.reasons():
                 print(f"mass-deletion breaker in account {name}: {reason}", file=sys.stdout)
-            render.sweeps_lines(await journal.last_sweeps(5), out=sys.stdout)
-            lease = await root.lease(lease_scope(name))
+            render.sweeps_lines(sweeps, out=sys.stdout)
             render.lease_line(lease, now=now, out=sys.stdout)
+    if as_json:
+        _print_json(render.statuses_json(accounts, overdue_after=overdue, now=now), settings)
     return 0

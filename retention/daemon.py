@@ -25,6 +25,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from retention.engine import Engine
 from retention.errors import LeaseLost
+from retention.logs import Event, fields
 from retention.models import DEFAULT_ACCOUNT
 from retention.timefmt import format_duration
 from retention.triggers import build_trigger
@@ -84,7 +85,10 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
-            logger.info("stopping: no new sweeps; waiting for running ones to finish")
+            logger.info(
+                "stopping: no new sweeps; waiting for running ones to finish",
+                extra=fields(Event.DAEMON, outcome="stopping"),
+            )
         self._stop.set()
 
     async def run(self, *, run_for: float | None = None) -> int:
@@ -117,6 +121,12 @@ class Daemon:
             "s" if len(self.engines) > 1 else "",
             ", ".join(e.account for e in self.engines),
             " (dry-run)" if self.engine.options.dry_run else "",
+            extra=fields(
+                Event.DAEMON,
+                outcome="started",
+                accounts=[e.account for e in self.engines],
+                dry_run=self.engine.options.dry_run,
+            ),
         )
         try:
             await asyncio.wait_for(self._stop.wait(), timeout=run_for)
@@ -132,7 +142,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             await self._drain()
             scheduler.shutdown(wait=False)
-        logger.info("daemon stopped")
+        logger.info("daemon stopped", extra=fields(Event.DAEMON, outcome="stopped"))
         return 0
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
@@ -162,7 +172,11 @@ class Daemon:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=5)
-            logger.warning("%d sweep(s) cancelled at the stop deadline", len(pending))
+            logger.warning(
+                "%d sweep(s) cancelled at the stop deadline",
+                len(pending),
+                extra=fields(Event.JOB, outcome="cancelled", count=len(pending)),
+            )
 
     async def _sweep(self, engine: Engine, kind: str) -> None:
         if self._stop.is_set():
@@ -180,11 +194,24 @@ class Daemon:
             raise
         except LeaseLost as exc:
             # Handed over, or lost while paused: another replica works in the account now.
-            logger.info("%s sweep of account %s stopped: %s", kind, engine.account, exc)
+            logger.info(
+                "%s sweep of account %s stopped: %s",
+                kind,
+                engine.account,
+                exc,
+                extra=fields(
+                    Event.LEASE, outcome="lost", account=engine.account, job=job, error=str(exc)
+                ),
+            )
         except Exception:
             # One bad sweep never kills the daemon, nor delays another account's: say what
             # happened and run on; the job runs again at its next time.
-            logger.exception("%s sweep of account %s failed", kind, engine.account)
+            logger.exception(
+                "%s sweep of account %s failed",
+                kind,
+                engine.account,
+                extra=fields(Event.JOB, outcome="failed", account=engine.account, job=job),
+            )
             self.health.failing_since.setdefault(job, engine.clock())
         else:
             if report.finished_at is not None:
@@ -196,7 +223,11 @@ class Daemon:
 
 
 def _skipped(event: JobSubmissionEvent) -> None:
-    logger.info("the previous %s sweep is still running: this run is skipped", event.job_id)
+    logger.info(
+        "the previous %s sweep is still running: this run is skipped",
+        event.job_id,
+        extra=fields(Event.JOB, outcome="skipped", job=event.job_id),
+    )
 
 
 def _describe(cadence: Cadence) -> str:

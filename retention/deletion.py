@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from retention.breaker import Verdict, judge
 from retention.errors import ApiError, AuthError, NotFoundError
 from retention.freshness import refresh, walk_where_cheaper
+from retention.logs import OUTCOME_GONE, OUTCOME_KEPT, Event, fields
 from retention.models import (
     AuditOutcome,
     AuditRecord,
@@ -153,6 +154,12 @@ async def _breaker(sweep: Sweep, report: SweepReport, now: datetime) -> Verdict:
             "discovery goes on",
             "the account" if verdict.account else "agents " + ", ".join(report.breaker_scopes),
             "; ".join(report.breaker),
+            extra=fields(
+                Event.BREAKER,
+                outcome="tripped",
+                scopes=report.breaker_scopes,
+                reasons=report.breaker,
+            ),
         )
     return verdict
 
@@ -169,7 +176,11 @@ def _clock_trusted(sweep: Sweep, report: SweepReport) -> bool:
     if problem is None:
         return True
     report.held_back = problem
-    logger.error("deleting nothing this sweep: %s; discovery goes on", problem)
+    logger.error(
+        "deleting nothing this sweep: %s; discovery goes on",
+        problem,
+        extra=fields(Event.CLOCK_GUARD, outcome="held_back", reason=problem),
+    )
     return False
 
 
@@ -206,13 +217,23 @@ async def _delete_one(
             current.agent_id, current.session_id, State.GONE, now=now
         )
         report.gone += 1
-        logger.info("agent %d: %s is gone already", current.agent_id, current.session_id)
+        logger.info(
+            "agent %d: %s is gone already",
+            current.agent_id,
+            current.session_id,
+            extra=_fields(Event.GONE, current, OUTCOME_GONE),
+        )
         return
     except AuthError:
         raise
     except ApiError as exc:
         report.failed += 1
-        logger.warning("could not read the facts of %s again: %s", _label(current), exc)
+        logger.warning(
+            "could not read the facts of %s again: %s",
+            _label(current),
+            exc,
+            extra=_fields(Event.REFRESH_FAILED, current, AuditOutcome.FAILED, error=str(exc)),
+        )
         return
     if fresh is not current:
         report.refreshed += 1
@@ -224,12 +245,16 @@ async def _delete_one(
         if final != fresh:
             await sweep.conversations.update([final], now=now)
         report.postponed += 1
+        held = final.state is State.HELD
         logger.info(
             "agent %d: %r is not due after all (%s); now due %s",
             final.agent_id,
             final.name,
             explain(final.reason, final.due_at, now),
             final.due_at.isoformat() if final.due_at else "never",
+            extra=_fields(
+                Event.HELD if held else Event.POSTPONED, final, OUTCOME_KEPT, due_at=final.due_at
+            ),
         )
         return
     if final.grace_until is not None and final.grace_until > now:
@@ -245,7 +270,10 @@ async def _delete_one(
         await sweep.conversations.note_dry_run(final.agent_id, final.session_id, now=now)
         report.would_delete += 1
         logger.info(
-            "dry-run: would delete %s (%s)", _label(final), explain(final.reason, final.due_at, now)
+            "dry-run: would delete %s (%s)",
+            _label(final),
+            explain(final.reason, final.due_at, now),
+            extra=_fields(Event.DRY_RUN, final, AuditOutcome.DRY_RUN, due_at=final.due_at),
         )
         return
     await _send_delete(sweep, final, report, sweep_id)
@@ -329,7 +357,20 @@ async def _send_delete(
         )
         await _audit(sweep, report, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
         report.failed += 1
-        logger.warning("could not delete %s: %s", _label(current), exc)
+        logger.warning(
+            "could not delete %s: %s",
+            _label(current),
+            exc,
+            extra=_fields(
+                Event.DELETE_FAILED,
+                current,
+                AuditOutcome.FAILED,
+                error=str(exc),
+                status=exc.status,
+                attempts=current.attempts + 1,
+                retry_at=retry_at,
+            ),
+        )
         if isinstance(exc, AuthError):
             raise  # every other delete would fail the same way: stop the sweep
         return
@@ -341,7 +382,11 @@ async def _send_delete(
         if stored is not None:
             await _decide(sweep, stored, done)
         report.postponed += 1
-        logger.info("withdrawn at the last moment, not deleted: %s", _label(current))
+        logger.info(
+            "withdrawn at the last moment, not deleted: %s",
+            _label(current),
+            extra=_fields(Event.WITHDRAWN, current, OUTCOME_KEPT),
+        )
         return
     if outcome is not DeleteOutcome.ALREADY_GONE:
         # A 404 on a retry after an attempt the server may have acted on is our own deletion,
@@ -352,19 +397,33 @@ async def _send_delete(
         await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
         await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id, detail=detail)
         report.deleted += 1
+        delay = None
         if current.due_at is not None:  # how late: the SLO's figure (retention_deletion_delay)
-            report.delays.append(max(0.0, (done - current.due_at).total_seconds()))
+            delay = max(0.0, (done - current.due_at).total_seconds())
+            report.delays.append(delay)
         logger.info(
             "deleted %s (%s)%s",
             _label(current),
             why,
             f": {CONFIRMED_BY_404}" if confirmed else "",
+            extra=_fields(
+                Event.DELETED,
+                current,
+                AuditOutcome.DELETED,
+                confirmed_by_404=confirmed,
+                due_at=current.due_at,
+                delay_seconds=round(delay, 3) if delay is not None else None,
+            ),
         )
     else:
         await store.set_state(current.agent_id, current.session_id, State.GONE, now=done)
         await _audit(sweep, report, current, AuditOutcome.ALREADY_GONE, done, sweep_id)
         report.already_gone += 1
-        logger.info("already gone: %s", _label(current))
+        logger.info(
+            "already gone: %s",
+            _label(current),
+            extra=_fields(Event.ALREADY_GONE, current, AuditOutcome.ALREADY_GONE),
+        )
 
 
 async def _audit(
@@ -399,3 +458,17 @@ def retry_delay(base: timedelta, attempts: int) -> timedelta:
 
 def _label(conversation: TrackedConversation) -> str:
     return f"agent {conversation.agent_id} {conversation.session_id} {conversation.name!r}"
+
+
+def _fields(
+    event: Event, conversation: TrackedConversation, outcome: str, **more: object
+) -> dict[str, object]:
+    """A record's fields about one conversation (its account comes from the sweep's context)."""
+    return fields(
+        event,
+        agent_id=conversation.agent_id,
+        session_id=conversation.session_id,
+        rule=conversation.rule,
+        outcome=str(outcome),
+        **more,
+    )

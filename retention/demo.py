@@ -13,7 +13,8 @@ import logging
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from retention.timefmt import format_duration
 logger = logging.getLogger(__name__)
 
 CONFIG = """\
-# The demo's configuration: written to a temporary folder, removed afterwards.
+# The demo's configuration: in a temporary folder, or the one `retention demo --keep` names.
 [api]
 base_url = "{base_url}"
 requests_per_minute = 600     # the emulator's budget; real accounts have 60 to 120
@@ -105,12 +106,13 @@ async def _arrivals(emulator: Emulator, stop: asyncio.Event) -> None:
         emulator.state.add_conversation(533, f"Customer question {n}", created_at=now)
 
 
-async def run_demo(*, seconds: float = 20.0, out: Console | None = None) -> int:
+async def run_demo(
+    *, seconds: float = 20.0, out: Console | None = None, keep: Path | None = None
+) -> int:
     console = out or Console()
     now = datetime.now(UTC)
     emulator = Emulator(demo_state(now))
-    with tempfile.TemporaryDirectory(prefix="retention-demo-") as folder:
-        base = Path(folder)
+    with _folder(keep) as base:
         (base / "token").write_text(DEFAULT_TOKEN, encoding="utf-8")
         async with emulator.serve() as url:
             config = base / "retention.toml"
@@ -135,8 +137,27 @@ async def run_demo(*, seconds: float = 20.0, out: Console | None = None) -> int:
                 tracked = await runtime.store.conversations()
                 trail = await runtime.store.journal.audit_trail()
                 calls = runtime.client.stats.by_kind()
+                chain = await runtime.store.journal.audit.verify()
         _report(console, tracked, trail, calls, emulator)
+        verdict = "verified" if chain.ok else f"BROKEN: {chain.problem}"
+        console.print(f"Audit chain: {chain.checked} rows, head #{chain.head.seq}, {verdict}.")
+        if keep is not None:
+            console.print(
+                f"Kept in {keep}: try `retention audit verify --config {config}`, "
+                f"`retention report --config {config}` and `retention status --config {config}`."
+            )
     return 0
+
+
+@contextmanager
+def _folder(keep: Path | None) -> Iterator[Path]:
+    """Where the demo's config and store go: ``keep`` (made if missing), or a temporary folder."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="retention-demo-") as folder:
+        yield Path(folder)
 
 
 def _report(
@@ -189,6 +210,6 @@ def _report(
     )
 
 
-def main(seconds: float) -> int:
+def main(seconds: float, *, keep: Path | None = None) -> int:
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120)
-    return asyncio.run(run_demo(seconds=seconds, out=console))
+    return asyncio.run(run_demo(seconds=seconds, out=console, keep=keep))

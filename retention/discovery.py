@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from retention.errors import ApiError
+from retention.logs import OUTCOME_GONE, OUTCOME_KEPT, Event, fields
 from retention.models import (
     TERMINAL_STATES,
     AgentRecord,
@@ -36,7 +37,6 @@ from retention.models import (
 )
 from retention.paging import WalkTally
 from retention.sweep import Sweep
-from retention.timefmt import format_duration
 
 logger = logging.getLogger(__name__)
 UNVERIFIED = "still present after DELETE 200"
@@ -168,6 +168,12 @@ class _PageWriter:
                 self.agent_id,
                 self.held_back,
                 self.held_until.isoformat(timespec="seconds"),
+                extra=fields(
+                    Event.GRACE,
+                    agent_id=self.agent_id,
+                    count=self.held_back,
+                    grace_until=self.held_until,
+                ),
             )
 
 
@@ -205,7 +211,10 @@ async def _mark_vanished(sweep: Sweep, walk: WalkTally, *, started: datetime, no
     gone = await sweep.conversations.mark_vanished(walk.agent_id, unseen_since=started, now=now)
     if gone:
         logger.info(
-            "agent %d: %d conversations vanished remotely, marked gone", walk.agent_id, gone
+            "agent %d: %d conversations vanished remotely, marked gone",
+            walk.agent_id,
+            gone,
+            extra=fields(Event.VANISHED, agent_id=walk.agent_id, count=gone, outcome=OUTCOME_GONE),
         )
     return gone
 
@@ -270,6 +279,14 @@ def _merge(
                     remote.name,
                     UNVERIFIED,
                     current.finished_at.isoformat() if current.finished_at else "?",
+                    extra=fields(
+                        Event.UNVERIFIED,
+                        agent_id=remote.agent_id,
+                        session_id=remote.session_id,
+                        rule=current.rule,
+                        outcome=AuditOutcome.FAILED.value,
+                        deleted_at=current.finished_at,
+                    ),
                 )
                 unverified.append(current)
                 merged = replace(merged, last_error=UNVERIFIED)
@@ -280,6 +297,13 @@ def _merge(
                     remote.agent_id,
                     remote.session_id,
                     current.state.value,
+                    extra=fields(
+                        Event.RELISTED,
+                        agent_id=remote.agent_id,
+                        session_id=remote.session_id,
+                        rule=current.rule,
+                        outcome=OUTCOME_KEPT,
+                    ),
                 )
             merged = replace(merged, state=State.ACTIVE, finished_at=None)
         if merged != current:
@@ -330,17 +354,21 @@ async def _with_platform_settings(sweep: Sweep, record: AgentRecord) -> AgentRec
 
 
 def _warn_about_platform(sweep: Sweep, settings: AgentSettings) -> None:
+    """Say where the platform's own retention deletes before a policy would, or deletes what a
+    hold keeps (``retention report`` lists the same)."""
     limit = settings.platform_max_age
-    if limit is None:
-        return
-    for policy in sweep.rules.policies:
-        applies = policy.agents is None or settings.agent_id in policy.agents
-        if applies and policy.max_age > limit:
-            logger.warning(
-                "agent %d: the platform deletes conversations after %s, before policy %r "
-                "(max_age %s) would",
-                settings.agent_id,
-                format_duration(limit),
-                policy.name,
-                format_duration(policy.max_age),
-            )
+    for conflict in sweep.rules.platform_conflicts(settings.agent_id, limit):
+        logger.warning(
+            "%s",
+            conflict.message(),
+            extra=fields(
+                Event.PLATFORM_RETENTION,
+                agent_id=conflict.agent_id,
+                rule=conflict.rule,
+                kind=conflict.kind,
+                platform_max_age_seconds=conflict.platform_max_age.total_seconds(),
+                max_age_seconds=None
+                if conflict.max_age is None
+                else conflict.max_age.total_seconds(),
+            ),
+        )

@@ -21,7 +21,7 @@ from retention.deletion import delete_due, delete_these, refresh_if_stale
 from retention.discovery import discover_all
 from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
-from retention.logs import ACCOUNT
+from retention.logs import ACCOUNT, SWEEP_COUNTERS, Event, fields
 from retention.models import DEFAULT_ACCOUNT, PlanItem, State, SweepReport, TrackedConversation
 from retention.policy import Rules, explain
 from retention.redecision import DecisionRow, redecide
@@ -53,6 +53,25 @@ def _as_account(
             ACCOUNT.reset(token)
 
     return wrapped
+
+
+def summary_fields(report: SweepReport) -> dict[str, object]:
+    """The sweep summary's fields: its outcome, its counters and API calls as numbers."""
+    seconds = (report.finished_at - report.started_at).total_seconds() if report.finished_at else 0
+    return fields(
+        Event.SWEEP,
+        outcome="ok" if report.ok else "failed",
+        kind=report.kind,
+        dry_run=report.dry_run,
+        started_at=report.started_at,
+        duration_seconds=round(seconds, 3),
+        **{counter: getattr(report, counter) for counter in SWEEP_COUNTERS},
+        api_calls=sum(report.api_calls.values()),
+        api_calls_by_kind=dict(report.api_calls),
+        breaker=list(report.breaker),
+        held_back=report.held_back,
+        error=report.error,
+    )
 
 
 class Engine:
@@ -176,13 +195,18 @@ class Engine:
         await self.store.set_meta(self._meta_key(RULES_KEY), fingerprint)
         if changed:
             await self.store.checkpoint()
-            logger.info("rules changed: %d decisions changed and were written", changed)
+            logger.info(
+                "rules changed: %d decisions changed and were written",
+                changed,
+                extra=fields(Event.RULES_CHANGED, changed=changed),
+            )
         if waiting:
             logger.warning(
                 "rules changed: %d conversations newly due wait out the policy change grace "
                 "until %s",
                 waiting,
                 grace_until.isoformat(timespec="seconds"),
+                extra=fields(Event.GRACE, count=waiting, grace_until=grace_until),
             )
         return changed
 
@@ -239,7 +263,7 @@ class Engine:
                 report.api_calls = dict(sorted(calls.items()))
                 await asyncio.shield(journal.finish_sweep(sweep_id, report))
                 log = logger.info if report.ok else logger.error
-                log("%s", report.summary())
+                log("%s", report.summary(), extra=summary_fields(report))
                 for listener in self.listeners:
                     listener(report)
         return report

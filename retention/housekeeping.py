@@ -94,10 +94,12 @@ def init(path: str) -> int:
     return EXIT_OK
 
 
-def demo(seconds: float) -> int:
+def demo(seconds: float, *, keep: Path | None = None) -> int:
     from retention.demo import main  # the emulator comes with it: only this command loads it
 
-    return main(seconds)
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise ConfigError(f"{keep} exists and is not an empty folder", key="--keep")
+    return main(seconds, keep=keep)
 
 
 def emulate(

@@ -13,11 +13,10 @@ from typing import Any
 from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from retention.auditlog import AuditLog
 from retention.database import Database
 from retention.models import LIVE_STATES, AgentStatus, AuditRecord, State, SweepRecord, SweepReport
 from retention.schema import (
-    audit,
-    audit_from_row,
     conversation_counts,
     conversations,
     meta,
@@ -34,6 +33,7 @@ class Journal:
     def __init__(self, db: Database, account: str) -> None:
         self.db = db
         self.account = account  # the account whose records these are
+        self.audit = AuditLog(db, account)  # the account's tamper-evident audit chain
         self._store_id: str | None = None  # the store's own id, as first read
 
     async def check_identity(self) -> str | None:
@@ -59,33 +59,13 @@ class Journal:
     # ---- audit -------------------------------------------------------------------------------
 
     async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None:
-        async with self.db.begin() as conn:
-            await conn.execute(
-                insert(audit).values(
-                    at=record.at,
-                    account=self.account,
-                    agent_id=record.agent_id,
-                    session_id=record.session_id,
-                    name=record.name,
-                    rule=record.rule,
-                    age_seconds=record.age.total_seconds(),
-                    outcome=record.outcome.value,
-                    detail=record.detail,
-                    sweep_id=sweep_id,
-                )
-            )
+        """Append ``record`` to the account's hash chain (:class:`retention.auditlog.AuditLog`)."""
+        await self.audit.append(record, sweep_id=sweep_id)
 
     async def audit_trail(
         self, agent_id: int | None = None, session_id: str | None = None
     ) -> list[AuditRecord]:
-        query = select(audit).where(audit.c.account == self.account)
-        if agent_id is not None:
-            query = query.where(audit.c.agent_id == agent_id)
-        if session_id is not None:
-            query = query.where(audit.c.session_id == session_id)
-        async with self.db.connect() as conn:
-            rows = (await conn.execute(query.order_by(audit.c.id))).all()
-        return [audit_from_row(r._mapping) for r in rows]
+        return await self.audit.trail(agent_id, session_id)
 
     # ---- sweeps ------------------------------------------------------------------------------
 

@@ -3,21 +3,128 @@
 :class:`Secrets` is the one list of values no output may show (the API and admin tokens). The
 runtime builds it; the API client scrubs the server's text with it where that text enters, and
 the log handler scrubs every record with it, whatever the record carries.
+
+Records that report something a script may act on carry fields besides their prose (see
+:class:`Event` and :func:`fields`): a JSON line then has ``event``, ``account`` and the event's
+own keys; the text format shows the prose only, as before.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import re
 import sys
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 from urllib.parse import quote
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Keys the JSON formatter writes itself: an extra field of that name would overwrite them.
+_OWN_KEYS = frozenset({"time", "level", "logger", "message", "exception", "stack"})
+
+
+class Event(enum.StrEnum):
+    """What a record reports: the ``event`` field of a JSON log line. A finite set; records
+    without one are diagnostics in prose only.
+
+    About one conversation (with ``agent_id``, ``session_id``, ``rule`` and ``outcome``):
+    ``deleted``, ``already_gone`` (the DELETE answered 404 at once), ``delete_failed``,
+    ``dry_run`` (would have deleted), ``held`` (a hold won at the last decision),
+    ``postponed`` (facts read again made it not due yet), ``withdrawn`` (decided again when its
+    DELETE's turn came, it no longer held: not sent), ``gone`` (found gone before any DELETE),
+    ``refresh_failed`` (its facts could not be read again), ``unverified`` (still listed after a
+    DELETE answered 200: audited as failed, queued again), ``relisted`` (listed again after it
+    was recorded gone).
+
+    About an account or the daemon: ``sweep`` (the summary at every sweep's end, its counters
+    as numbers), ``breaker`` (the mass-deletion breaker tripped), ``clock_guard`` (deleting
+    nothing: the clock cannot be trusted), ``rules_changed``, ``grace`` (newly due
+    conversations wait out the policy change grace), ``vanished``, ``platform_retention`` (the
+    platform deletes before a policy would), ``reload``, ``daemon``, ``job`` (a scheduled
+    sweep failed or was skipped), ``lease`` and ``audit_chain`` (the daemon's walk of an audit
+    chain found a row that does not hold).
+    """
+
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    DELETE_FAILED = "delete_failed"
+    DRY_RUN = "dry_run"
+    HELD = "held"
+    POSTPONED = "postponed"
+    WITHDRAWN = "withdrawn"
+    GONE = "gone"
+    REFRESH_FAILED = "refresh_failed"
+    UNVERIFIED = "unverified"
+    RELISTED = "relisted"
+    SWEEP = "sweep"
+    BREAKER = "breaker"
+    CLOCK_GUARD = "clock_guard"
+    RULES_CHANGED = "rules_changed"
+    GRACE = "grace"
+    VANISHED = "vanished"
+    PLATFORM_RETENTION = "platform_retention"
+    RELOAD = "reload"
+    DAEMON = "daemon"
+    JOB = "job"
+    LEASE = "lease"
+    AUDIT_CHAIN = "audit_chain"
+
+
+# The ``outcome`` of a record about one conversation: the audit's word where an audit row was
+# written (deleted, already_gone, failed, dry_run); else kept (not deleted now) or gone.
+OUTCOME_KEPT = "kept"
+OUTCOME_GONE = "gone"
+
+# A sweep's counters, in the order its summary line names them: numbers in the ``sweep``
+# record and in ``retention once --json``.
+SWEEP_COUNTERS = (
+    "agents",
+    "pages",
+    "listed",
+    "new",
+    "gone",
+    "due",
+    "deleted",
+    "already_gone",
+    "failed",
+    "unverified",
+    "would_delete",
+    "postponed",
+    "refreshed",
+    "refresh_walks",
+)
+
+
+def fields(event: Event, **values: object) -> dict[str, object]:
+    """The ``extra=`` of a record reporting ``event``: ``{"event": ..., **values}``.
+
+    Datetimes become ISO 8601 UTC text with ``Z``, durations seconds (a float). A key the
+    record or the JSON formatter uses itself (``name``, ``message``, ``time``, ...) is a
+    programming error: ValueError.
+    """
+    clash = (values.keys() & _STANDARD) | (values.keys() & _OWN_KEYS)
+    if clash:
+        raise ValueError(f"log field names taken by the record itself: {sorted(clash)}")
+    out: dict[str, object] = {"event": event.value}
+    for key, value in values.items():
+        if isinstance(value, datetime):
+            out[key] = utc_text(value)
+        elif isinstance(value, timedelta):
+            out[key] = value.total_seconds()
+        else:
+            out[key] = value
+    return out
+
+
+def utc_text(moment: datetime) -> str:
+    """ISO 8601 in UTC with ``Z``, to the second: ``2026-11-26T12:00:00Z``."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
 # The account whose work is being done (set by the engine for a sweep, a plan, a rules change):
 # every record logged meanwhile names it, as the field ``account`` (JSON) or a ``[NAME]``
 # prefix (text). Tasks started inside inherit it.

@@ -9,7 +9,7 @@ each account's client counters as they stand. Scraping costs no API call. Every 
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from retention import __version__
 from retention.budget import CallStats, RequestBudget
+from retention.chain import Head, Verdict
 from retention.clocks import ClockReading
 from retention.models import DEFAULT_ACCOUNT, AgentStatus, SweepReport
 
@@ -207,6 +208,25 @@ class Metrics:
             "When the rules in force were last put in force, at start or by a reload (Unix time)",
             registry=r,
         )
+        self.chain_length = Gauge(
+            "retention_audit_chain_length",
+            "Rows in the account's audit hash chain (its head's sequence number)",
+            ["account"],
+            registry=r,
+        )
+        self.chain_valid = Gauge(
+            "retention_audit_chain_valid",
+            "1 when the daemon's last walk of the audit chain found every row intact, 0 when "
+            "it found one edited, deleted or inserted (absent until the first walk)",
+            ["account"],
+            registry=r,
+        )
+        self.chain_verified = Gauge(
+            "retention_audit_last_verified_timestamp_seconds",
+            "When the daemon last walked the account's audit chain (Unix time)",
+            ["account"],
+            registry=r,
+        )
         Info("retention_build", "The running retention's version", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )
@@ -238,6 +258,7 @@ class Metrics:
             for result in ("ok", "failed"):
                 self.sweeps.labels(name, kind, result)
         self.unverified.labels(name)
+        self.chain_length.labels(name)
 
     def observe_reload(self, ok: bool, at: datetime) -> None:
         """A reload's result; an accepted one is the time the rules in force date from."""
@@ -276,6 +297,16 @@ class Metrics:
                 self.overdue.labels(account, agent).set(row.overdue)
                 self.held.labels(account, agent).set(row.held)
                 self.grace.labels(account, agent).set(row.grace)
+
+    def observe_chain(self, verdict: Verdict, at: datetime) -> None:
+        """A walk of one account's audit chain (:mod:`retention.auditwatch`)."""
+        self.chain_valid.labels(verdict.account).set(1 if verdict.ok else 0)
+        self.chain_verified.labels(verdict.account).set(at.timestamp())
+
+    def set_chain_heads(self, heads: Iterable[Head]) -> None:
+        """Each account's chain head, read at scrape time (one small row per account)."""
+        for head in heads:
+            self.chain_length.labels(head.account).set(head.seq)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -334,6 +334,20 @@ class AgentRecord:
     platform_retention_days: int | None = None
     pages: int | None = None  # pages the last full walk read: what re-reading them all costs
 
+    def platform_retention(self) -> dict[str, str | int | None] | None:
+        """The platform's own retention setting as documents show it, or None when unknown."""
+        if self.platform_retention_period is None:
+            return None
+        return {"period": self.platform_retention_period, "days": self.platform_retention_days}
+
+    @property
+    def platform_max_age(self) -> timedelta | None:
+        """How long the platform itself keeps this agent's conversations (None: for ever, or
+        not known)."""
+        return AgentSettings(
+            self.id, self.platform_retention_period, self.platform_retention_days
+        ).platform_max_age
+
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:

@@ -213,6 +213,30 @@ class Hold(Matcher):
         return self._regex is not None and self._regex.search(facts.name) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class PlatformConflict:
+    """A rule the platform's own retention cuts short in one agent: a policy whose ``max_age``
+    is longer, or a hold (the platform deletes held conversations too)."""
+
+    agent_id: int
+    rule: str
+    kind: str  # "policy" or "hold"
+    platform_max_age: timedelta
+    max_age: timedelta | None  # the policy's; None for a hold
+
+    def message(self) -> str:
+        limit = format_duration(self.platform_max_age)
+        if self.max_age is None:
+            return (
+                f"agent {self.agent_id}: the platform deletes conversations after {limit}, "
+                f"held ones too: hold {self.rule!r} cannot keep them longer"
+            )
+        return (
+            f"agent {self.agent_id}: the platform deletes conversations after {limit}, before "
+            f"policy {self.rule!r} (max_age {format_duration(self.max_age)}) would"
+        )
+
+
 @dataclass(frozen=True)
 class Rules:
     """The policies and holds in force, in file order: what :func:`decide` weighs."""
@@ -222,6 +246,24 @@ class Rules:
 
     def decide(self, facts: ConversationFacts, now: datetime) -> Decision:
         return decide(facts, policies=self.policies, holds=self.holds, now=now)
+
+    def platform_conflicts(
+        self, agent_id: int, platform_max_age: timedelta | None
+    ) -> list[PlatformConflict]:
+        """Where the platform's own retention (None: it keeps conversations) deletes this
+        agent's conversations before a rule here would, or despite a hold."""
+        if platform_max_age is None:
+            return []
+        found = [
+            PlatformConflict(agent_id, p.name, "policy", platform_max_age, p.max_age)
+            for p in self.policies
+            if p.accepts_agent(agent_id) and p.max_age > platform_max_age
+        ]
+        return found + [
+            PlatformConflict(agent_id, h.name, "hold", platform_max_age, None)
+            for h in self.holds
+            if h.accepts_agent(agent_id)
+        ]
 
     def for_account(self, account: str) -> Rules:
         """The policies and holds that apply in ``account``, in the same order."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from retention.config import Settings, load_config
 from retention.engine import Engine
 from retention.errors import ConfigError, LeaseLost, StoreError
+from retention.logs import Event, fields
 
 logger = logging.getLogger(__name__)
 RESTART_SECTIONS = ("api", "accounts", "store", "schedule", "admin", "log")
@@ -63,13 +64,31 @@ class ConfigWatcher:
                     why,
                     self.path,
                     self.settle * self.settle_tries,
+                    extra=fields(
+                        Event.RELOAD,
+                        outcome="rejected",
+                        trigger=why,
+                        error=f"{self.path} kept changing or could not be read",
+                    ),
                 )
                 return False
             self._digest = _digest(content)
             try:
                 fresh = await asyncio.to_thread(load_config, self.path, content=content)
             except ConfigError as exc:
-                logger.error("config reload (%s) rejected, the rules in force stay: %s", why, exc)
+                logger.error(
+                    "config reload (%s) rejected, the rules in force stay: %s",
+                    why,
+                    exc,
+                    extra=fields(
+                        Event.RELOAD,
+                        outcome="rejected",
+                        trigger=why,
+                        error=str(exc),
+                        file=exc.source,
+                        key=exc.key,
+                    ),
+                )
                 return False
             changed = [
                 s for s in RESTART_SECTIONS if getattr(fresh, s) != getattr(self.settings, s)
@@ -81,6 +100,9 @@ class ConfigWatcher:
                     "config reload (%s): changes to %s take effect at the next start",
                     why,
                     ", ".join(changed),
+                    extra=fields(
+                        Event.RELOAD, outcome="restart_needed", trigger=why, sections=changed
+                    ),
                 )
             rules = fresh.rules()
             # Every account's engine gets the rules that apply in it at once, before anything
@@ -107,6 +129,13 @@ class ConfigWatcher:
                         why,
                         engine.account,
                         exc,
+                        extra=fields(
+                            Event.RELOAD,
+                            outcome="reevaluate_failed",
+                            trigger=why,
+                            account=engine.account,
+                            error=str(exc),
+                        ),
                     )
             logger.info(
                 "config reload (%s): %d policies and %d holds in force; %d conversations "
@@ -115,6 +144,14 @@ class ConfigWatcher:
                 len(rules.policies),
                 len(rules.holds),
                 reevaluated,
+                extra=fields(
+                    Event.RELOAD,
+                    outcome="accepted",
+                    trigger=why,
+                    policies=len(rules.policies),
+                    holds=len(rules.holds),
+                    reevaluated=reevaluated,
+                ),
             )
             return True
 

@@ -1,15 +1,25 @@
-"""What commands print: rich tables on a terminal, plain columns elsewhere, and JSON."""
+"""What commands print: rich tables on a terminal, plain columns elsewhere, and JSON.
+
+The JSON documents (``plan``, ``status``, ``check`` and ``once`` with ``--json``) are a contract
+scripts read: keys are only ever added. Timestamps in the documents made here are ISO 8601 UTC
+with ``Z``; durations are seconds (``*_seconds``), with a text twin (``"15m"``) where people
+read them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
+from retention.breaker import Verdict
 from retention.config import Settings
+from retention.database import parse_url
+from retention.errors import ConfigError, StoreError
+from retention.logs import SWEEP_COUNTERS, utc_text
 from retention.models import (
     DEFAULT_ACCOUNT,
     AgentRecord,
@@ -162,6 +172,281 @@ def status_table(
         table.add_row(label, *map(str, figures), _platform(agent))
     table.add_row("all", *map(str, totals), "", end_section=True)
     console.print(table)
+
+
+STATUS_FIGURES = ("tracked", "due", "overdue", "held", "in_grace", "deleted_24h")
+
+
+def status_json(
+    rows: Sequence[AgentStatus],
+    agents: Mapping[int, AgentRecord | None],
+    *,
+    account: str,
+    verdict: Verdict,
+    sweeps: Sequence[SweepRecord],
+    lease: Lease | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """One account's part of ``status --json``: what :func:`status_table`, the breaker lines,
+    :func:`sweeps_lines` and :func:`lease_line` print."""
+    listed = []
+    for row in rows:
+        agent = agents.get(row.agent_id)
+        figures = (row.tracked, row.due, row.overdue, row.held, row.grace, row.deleted_24h)
+        platform = agent.platform_retention() if agent is not None else None
+        listed.append(
+            {
+                "agent_id": row.agent_id,
+                "name": (agent.name or None) if agent else None,
+                **dict(zip(STATUS_FIGURES, figures, strict=True)),
+                "platform_retention": platform,
+            }
+        )
+    return {
+        "account": account,
+        "agents": listed,
+        "totals": {key: sum(a[key] for a in listed) for key in STATUS_FIGURES},
+        "breaker": {
+            "tripped": verdict.tripped,
+            "account": verdict.account,
+            "agents": [
+                {"agent_id": agent_id, "reason": reason}
+                for agent_id, reason in sorted(verdict.agents.items())
+            ],
+            "reasons": verdict.reasons(),
+        },
+        "last_sweeps": [sweep_json(sweep) for sweep in sweeps],
+        "lease": lease_json(lease, now=now),
+    }
+
+
+def statuses_json(
+    accounts: Sequence[dict[str, Any]], *, overdue_after: timedelta, now: datetime
+) -> dict[str, Any]:
+    """``status --json``: every account's :func:`status_json`, in config order."""
+    return {
+        "generated_at": _utc(now),
+        "overdue_after_seconds": _seconds(overdue_after),
+        "overdue_after": format_duration(overdue_after),
+        "accounts": list(accounts),
+    }
+
+
+def sweep_json(sweep: SweepRecord) -> dict[str, Any]:
+    """A sweep as the store's sweep log keeps it (newest first in ``last_sweeps``)."""
+    seconds = (sweep.finished_at - sweep.started_at).total_seconds() if sweep.finished_at else None
+    return {
+        "id": sweep.id,
+        "kind": sweep.kind,
+        "dry_run": sweep.dry_run,
+        "result": {True: "ok", False: "failed", None: "running"}[sweep.ok],
+        "started_at": _utc(sweep.started_at),
+        "finished_at": _utc(sweep.finished_at),
+        "duration_seconds": round(seconds, 3) if seconds is not None else None,
+        "listed": sweep.listed,
+        "new": sweep.new,
+        "due": sweep.due,
+        "deleted": sweep.deleted,
+        "already_gone": sweep.already_gone,
+        "failed": sweep.failed,
+        "api_calls": sweep.api_calls,
+        "api_calls_by_kind": dict(sorted(sweep.calls_by_kind.items())),
+        "error": sweep.error,
+    }
+
+
+_LEASE_KEYS = ("holder", "token", "acquired_at", "expires_at")
+
+
+def lease_json(lease: Lease | None, *, now: datetime) -> dict[str, Any]:
+    """The account's lease: ``state`` is never_taken, free (lapsed: ``holder`` held it last)
+    or held (by ``holder`` until ``expires_at``)."""
+    if lease is None:
+        return {"state": "never_taken", **dict.fromkeys(_LEASE_KEYS)}
+    return {
+        "state": "held" if lease.expires_at > now else "free",
+        "holder": lease.holder,
+        "token": lease.token,
+        "acquired_at": _utc(lease.acquired_at),
+        "expires_at": _utc(lease.expires_at),
+    }
+
+
+def report_json(
+    report: SweepReport | None,
+    *,
+    account: str,
+    remaining: int | None,
+    exit_code: int,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One account's sweep in ``once --json``: the summary line's figures as numbers. A sweep
+    that raised before it began has no report: its figures are null."""
+    body: dict[str, Any] = {"account": account, "ok": error is None, "exit_code": exit_code}
+    if report is None:
+        return {**body, "error": error, **dict.fromkeys(_REPORT_KEYS)}
+    seconds = (report.finished_at - report.started_at).total_seconds() if report.finished_at else 0
+    outcomes = [
+        {"outcome": outcome, "rule": rule or None, "count": count}
+        for (outcome, rule), count in sorted(report.outcomes.items())
+    ]
+    return {
+        **body,
+        "error": error or report.error,
+        "kind": report.kind,
+        "dry_run": report.dry_run,
+        "started_at": _utc(report.started_at),
+        "finished_at": _utc(report.finished_at),
+        "duration_seconds": round(seconds, 3),
+        **{counter: getattr(report, counter) for counter in SWEEP_COUNTERS},
+        "api_calls": sum(report.api_calls.values()),
+        "api_calls_by_kind": dict(sorted(report.api_calls.items())),
+        "outcomes": outcomes,
+        "breaker": list(report.breaker),
+        "breaker_scopes": list(report.breaker_scopes),
+        "held_back": report.held_back,
+        "remaining": remaining,
+    }
+
+
+_REPORT_KEYS = (
+    "kind",
+    "dry_run",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    *SWEEP_COUNTERS,
+    "api_calls",
+    "api_calls_by_kind",
+    "outcomes",
+    "breaker",
+    "breaker_scopes",
+    "held_back",
+    "remaining",
+)
+
+
+def once_json(
+    accounts: Sequence[dict[str, Any]], *, dry_run: bool, exit_code: int, now: datetime
+) -> dict[str, Any]:
+    """``once --json``: every account's :func:`report_json` and their counters summed."""
+    totals = {
+        key: sum(a[key] or 0 for a in accounts)
+        for key in (*SWEEP_COUNTERS, "api_calls", "remaining")
+    }
+    return {
+        "generated_at": _utc(now),
+        "ok": all(a["ok"] and not a["failed"] for a in accounts),
+        "exit_code": exit_code,
+        "dry_run": dry_run,
+        "totals": totals,
+        "accounts": list(accounts),
+    }
+
+
+def check_json(settings: Settings, *, warnings: Sequence[str]) -> dict[str, Any]:
+    """``check --json`` of a valid config: what the text summary says, never a token."""
+    rules = settings.rules()
+    s = settings.schedule
+    return {
+        "ok": True,
+        "source": settings.source,
+        "error": None,
+        "accounts": [
+            {
+                "name": a.name,
+                "base_url": a.base_url,
+                "requests_per_minute": a.requests_per_minute,
+                "burst": a.burst,
+                "token_set": a.token is not None,
+                "token_source": a.token_source,
+            }
+            for a in settings.account_list()
+        ],
+        "store": {"url": shown_store_url(settings.store.url)},
+        "schedule": {
+            "discover": _cadence(s.discover_every, s.discover_cron),
+            "delete": _cadence(s.delete_every, s.delete_cron),
+            "reconcile": _cadence(s.reconcile_every, None),
+        },
+        "dry_run": settings.safety.dry_run,
+        "policies": {
+            "count": len(rules.policies),
+            "items": [_policy_json(i, p) for i, p in enumerate(rules.policies)],
+        },
+        "holds": {
+            "count": len(rules.holds),
+            "items": [_hold_json(i, h) for i, h in enumerate(rules.holds)],
+        },
+        "warnings": list(warnings),
+    }
+
+
+def check_error_json(exc: ConfigError) -> dict[str, Any]:
+    """``check --json`` of a config that does not load: what the one stderr line says."""
+    return {
+        "ok": False,
+        "source": exc.source,
+        "error": {"file": exc.source, "key": exc.key, "message": exc.problem, "text": str(exc)},
+    }
+
+
+def shown_store_url(url: str) -> str:
+    """The store URL with any password masked."""
+    try:
+        return parse_url(url).render_as_string(hide_password=True)
+    except StoreError:
+        return url
+
+
+def _cadence(every: timedelta, cron: str | None) -> dict[str, Any]:
+    return {
+        "every_seconds": _seconds(every),
+        "every": format_duration(every),
+        "cron": cron,
+    }
+
+
+def _rule_json(index: int, rule: Policy | Hold) -> dict[str, Any]:
+    return {
+        "index": index,
+        "name": rule.name,
+        "agents": "*" if rule.agents is None else sorted(rule.agents),
+        "accounts": None if rule.accounts is None else sorted(rule.accounts),
+        "name_matches": list(rule.name_matches),
+        "name_regex": rule.name_regex,
+    }
+
+
+def _policy_json(index: int, policy: Policy) -> dict[str, Any]:
+    return {
+        **_rule_json(index, policy),
+        "max_age_seconds": _seconds(policy.max_age),
+        "max_age": format_duration(policy.max_age),
+        "age_from": policy.age_from.value,
+        "user_type": policy.user_type.value if policy.user_type is not None else None,
+        "origins": None if policy.origins is None else sorted(o.value for o in policy.origins),
+        "dry_run": policy.dry_run,
+        "description": describe_policy(policy),
+    }
+
+
+def _hold_json(index: int, hold: Hold) -> dict[str, Any]:
+    return {
+        **_rule_json(index, hold),
+        "session_ids": len(hold.session_ids),
+        "description": describe_hold(hold),
+    }
+
+
+def _seconds(delta: timedelta) -> int | float:
+    """A duration in seconds: whole ones as an integer (``900``, not ``900.0``)."""
+    seconds = delta.total_seconds()
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _utc(moment: datetime | None) -> str | None:
+    return utc_text(moment) if moment is not None else None
 
 
 def _platform(agent: AgentRecord | None) -> str:

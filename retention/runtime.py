@@ -379,9 +379,12 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
     # and need not load APScheduler, aiohttp's server or the metrics registry.
     from retention import web
     from retention.admin import AdminContext
+    from retention.auditwatch import Watched
+    from retention.auditwatch import watch as watch_chains
     from retention.daemon import Cadence, Daemon
     from retention.metrics import Metrics, overdue_after
     from retention.reload import ConfigWatcher
+    from retention.report import default_overdue_after
 
     runtimes = list(fleet) if isinstance(fleet, Fleet) else [fleet]
     settings, stack = fleet.settings, fleet.stack
@@ -416,11 +419,20 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
             admin_token=settings.admin_token,
             ready_after_failing=settings.admin.ready_after_failing,
             overdue_after=overdue_after(schedule.delete_every),
+            report_overdue_after=default_overdue_after(schedule.delete_every),
         )
         await stack.enter_async_context(web.serve(context, settings.admin.listen))
     if schedule.watch_config:
         watching = asyncio.create_task(watcher.watch())
         stack.callback(watching.cancel)
+    # Each account's audit chain, walked at start and hourly: retention_audit_chain_valid.
+    chains = [
+        Watched(r.store, r.lease.valid if r.lease is not None else lambda: True) for r in runtimes
+    ]
+    auditing = asyncio.create_task(
+        watch_chains(chains, lambda verdict: metrics.observe_chain(verdict, utc_now()))
+    )
+    stack.callback(auditing.cancel)
     replicas = fleet.replicas if isinstance(fleet, Fleet) else None
     if replicas is not None:  # a replica: its leases come and go; losing one stops nothing
         replicas.failing_since = daemon.health.failing_since  # /readyz: balancing failing

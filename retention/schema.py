@@ -91,7 +91,7 @@ def _as_utc(value: datetime | None) -> datetime | None:
 metadata = MetaData()
 # The migration these tables mirror: the head of migrations/versions (a test checks it), known
 # without parsing the migration scripts, which read-only commands and /readyz would pay for.
-REVISION = "0011"
+REVISION = "0012"
 
 # Every row names its CustomGPT account (migration 0010): agent ids are unique only within one.
 # The server default is the account of a config without [[accounts]]; the store always names it.
@@ -189,8 +189,24 @@ audit = Table(
     Column("outcome", String(16), nullable=False),
     Column("detail", Text, nullable=True),
     Column("sweep_id", Integer, nullable=True),
+    # The hash chain (migration 0012; retention.chain): per account, 1, 2, 3, ...
+    Column("seq", Integer, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
     Index("ix_audit_conversation", "account", "agent_id", "session_id"),
     Index("ix_audit_at", "at"),
+    Index("ux_audit_chain", "account", "seq", unique=True),
+)
+
+# Each account's chain head: the latest row's sequence number and hash. Appending updates it in
+# the same transaction (its row lock orders concurrent writers); `audit verify` compares the
+# chain's last row with it, which shows rows cut off the end.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 sweeps = Table(

@@ -405,16 +405,7 @@ class Store:
         their own TTL) and live ones: what the mass-deletion breaker judges. Live counts come
         from the triggers' counts; due ones through the ``(state, due_at)`` index."""
         c = conversations.c
-        takes = and_(
-            c.state == State.ACTIVE.value,
-            c.account == self.account,
-            c.due_at <= now,
-            c.approved_at.is_(None),
-            c.dry_run.is_(False),
-            c.dry_run_noted_at.is_(None),
-            or_(c.grace_until.is_(None), c.grace_until <= now),
-            or_(c.retry_at.is_(None), c.retry_at <= now),
-        )
+        takes = unapproved_takes(self.account, now)
         by_ttl = c.rule == TTL_RULE
         query = (
             select(
@@ -671,3 +662,19 @@ class Store:
             result = await conn.execute(update(meta).where(meta.c.key == key).values(value=value))
             if result.rowcount == 0:
                 await conn.execute(insert(meta).values(key=key, value=value))
+
+
+def unapproved_takes(account: str, now: datetime) -> Any:
+    """The unapproved conversations of ``account`` a deletion sweep would take ``now``: what the
+    mass-deletion breaker counts, and so what it blocks when it trips."""
+    c = conversations.c
+    return and_(
+        c.state == State.ACTIVE.value,
+        c.account == account,
+        c.due_at <= now,
+        c.approved_at.is_(None),
+        c.dry_run.is_(False),
+        c.dry_run_noted_at.is_(None),
+        or_(c.grace_until.is_(None), c.grace_until <= now),
+        or_(c.retry_at.is_(None), c.retry_at <= now),
+    )

@@ -45,6 +45,25 @@ def format_duration(delta: timedelta) -> str:
     return sign + "".join(parts)
 
 
+def to_moment(text: str, now: datetime) -> datetime:
+    """A point in time as people give one on a command line: a duration ago (``30d``: thirty
+    days before ``now``), a date (``2026-11-01``: its midnight, UTC) or an ISO 8601 timestamp
+    (UTC unless it names an offset). Raises ValueError naming the accepted forms."""
+    raw = text.strip()
+    try:
+        return now - parse_duration(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use a duration ago ('30d', '12h') or a date or timestamp "
+            "('2026-11-01', '2026-11-01T12:00:00Z')"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S")
 _TWELVE_HOUR = "%d %b %Y %I:%M:%S"
 # How far past the later of the two clocks a 12-hour reading may lie and still be taken.

@@ -5,6 +5,7 @@ for every account the daemon serves.
     GET  /readyz                              store reachable and migrated, sweeps not failing
     GET  /metrics                             Prometheus text (every account's figures)
     GET  /v1/plan[?account=NAME]              the due set, from the store (no API call)
+    GET  /report[?account=&since=&format=json] the report page of ``retention report --html``
     GET  /v1/conversations/{agent}/{session}  facts, decision, audit rows (the only account,
                                               or the ``default`` one)
     GET  /v1/accounts/{account}/conversations/{agent}/{session}   the same, in that account
@@ -46,11 +47,13 @@ from pydantic import BaseModel, ValidationError
 
 from retention import render, tracking
 from retention.admin import AdminContext, ApproveBody, Body, CreateBody, TrackBody, fail
-from retention.config import check_admin_listen, is_agent_id, parse_listen
+from retention.config import check_admin_listen, is_agent_id, parse_listen, to_duration
 from retention.engine import Engine
 from retention.errors import ApiError, AuthError, ConfigError, LeaseLost, NotFoundError, StoreError
 from retention.metrics import CONTENT_TYPE
 from retention.models import DEFAULT_ACCOUNT, TrackedConversation
+from retention.report import Source, build
+from retention.reportpage import page
 from retention.schema import REVISION
 from retention.validation import first_error, problem_text
 
@@ -71,6 +74,7 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/plan", _plan)
+    app.router.add_get("/report", _report)
     app.router.add_get("/v1" + WHY, _why)
     app.router.add_get("/v1/accounts/{account}" + WHY, _why)
     app.router.add_post("/v1/conversations", _create)
@@ -113,8 +117,10 @@ def _authorised(ctx: AdminContext, request: web.Request) -> bool:
 
 @web.middleware
 async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/v1: changes need the admin token (and are off without one); reads need it when set."""
-    if not request.path.startswith("/v1/") or request.match_info.http_exception is not None:
+    """/v1: changes need the admin token (and are off without one); reads (and /report) need
+    it when set."""
+    guarded = request.path.startswith("/v1/") or request.path == "/report"
+    if not guarded or request.match_info.http_exception is not None:
         return await handler(request)  # not /v1, or no such route or method: 404 and 405 first
     ctx = request.app[CONTEXT]
     changing = request.method not in ("GET", "HEAD")
@@ -202,6 +208,9 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
         for name, engine in ctx.engines.items()
     }
     ctx.metrics.set_store_figures(figures)
+    ctx.metrics.set_chain_heads(
+        [await ctx.store_of(engine).journal.audit.head() for engine in ctx.engines.values()]
+    )
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -221,6 +230,30 @@ async def _plan(request: web.Request) -> web.StreamResponse:
     now = ctx.clock()
     plans = [await engine.plan(discover=False, confirm=False) for engine in engines]
     return web.json_response(render.plans_json(plans, now=now))
+
+
+async def _report(request: web.Request) -> web.StreamResponse:
+    """The report page of ``retention report --html`` (``?format=json``: its document), for
+    every account or ``?account=NAME``, over ``?since=`` (default 30d), overdue after
+    ``?overdue_after=`` (default one deletion interval and an hour). No API call."""
+    ctx = request.app[CONTEXT]
+    engines: list[Engine] = list(ctx.engines.values())
+    if "account" in request.query:
+        chosen = ctx.choose(request.query["account"])
+        if isinstance(chosen, web.Response):
+            return chosen
+        engines = [chosen]
+    try:
+        period = to_duration(request.query.get("since", "30d"))
+        overdue = request.query.get("overdue_after")
+        overdue_after = ctx.report_overdue_after if overdue is None else to_duration(overdue)
+    except ValueError as exc:
+        return fail(400, str(exc), field="since/overdue_after")
+    sources = [Source(ctx.store_of(e), e.rules, e.options.breaker) for e in engines]
+    doc = await build(sources, now=ctx.clock(), period=period, overdue_after=overdue_after)
+    if request.query.get("format") == "json":
+        return web.json_response(doc)
+    return web.Response(text=page(doc), content_type="text/html", charset="utf-8")
 
 
 async def _why(request: web.Request) -> web.StreamResponse:

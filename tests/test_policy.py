@@ -734,3 +734,36 @@ def test_a_decision_rests_on_the_facts_its_rules_read(
     rules = Rules(policies, holds)
     decision = rules.decide(conversation, NOW)
     assert rules.depends_on(conversation, decision) == frozenset(expected)
+
+
+# ---- where the platform's own retention cuts in ------------------------------------------
+
+CONFLICT_RULES = Rules(
+    policies=(
+        Policy(name="short", agents=frozenset({532}), max_age=36 * H),
+        Policy(name="year", agents=None, max_age=400 * D),
+        Policy(name="other-agent", agents=frozenset({999}), max_age=400 * D),
+    ),
+    holds=(Hold(name="legal", agents=frozenset({532})), Hold(name="vip", agents=None)),
+)
+
+
+@pytest.mark.parametrize(
+    ("agent", "limit", "expected"),
+    [
+        (532, None, []),  # the platform keeps conversations: nothing cuts in
+        (532, 30 * D, [("year", "policy"), ("legal", "hold"), ("vip", "hold")]),
+        (533, 30 * D, [("year", "policy"), ("vip", "hold")]),
+        (532, 36 * H, [("year", "policy"), ("legal", "hold"), ("vip", "hold")]),  # equal: fits
+        (532, 401 * D, [("legal", "hold"), ("vip", "hold")]),
+        (999, 365 * D, [("year", "policy"), ("other-agent", "policy"), ("vip", "hold")]),
+    ],
+)
+def test_platform_conflicts_are_the_longer_policies_and_every_hold_of_the_agent(
+    agent: int, limit: timedelta | None, expected: list[tuple[str, str]]
+) -> None:
+    found = CONFLICT_RULES.platform_conflicts(agent, limit)
+    assert [(c.rule, c.kind) for c in found] == expected
+    for conflict in found:
+        assert f"agent {agent}: the platform deletes conversations after" in conflict.message()
+        assert conflict.rule in conflict.message()
