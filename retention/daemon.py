@@ -7,6 +7,8 @@ delays another's. Each job is one sweep, ``max_instances=1`` and ``coalesce=True
 delays the next instead of piling up. A sweep that fails is
 logged with its traceback and the daemon runs on. On SIGTERM or SIGINT the daemon stops taking
 work, lets running sweeps finish their current item (bounded by ``stop_timeout``), and returns.
+Under systemd (``Type=notify``) it says READY once the scheduler runs, STOPPING when a stop
+begins, and pings the watchdog from the event loop (:mod:`retention.sdnotify`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from retention.engine import Engine
 from retention.errors import LeaseLost
 from retention.logs import Event, fields
 from retention.models import DEFAULT_ACCOUNT
+from retention.sdnotify import Notifier
 from retention.timefmt import format_duration
 from retention.triggers import build_trigger
 
@@ -72,6 +75,7 @@ class Daemon:
         delete: Cadence,
         stop_timeout: float = 30.0,
         on_reload: Callable[[], Coroutine[Any, Any, object]] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.engines = [engines] if isinstance(engines, Engine) else list(engines)
         engine = self.engine = self.engines[0]
@@ -79,6 +83,7 @@ class Daemon:
         self.delete = delete
         self.stop_timeout = stop_timeout
         self.on_reload = on_reload
+        self.notifier = notifier or Notifier(None)  # the runtime passes systemd's, if any
         self.health = Health(started_at=engine.clock())
         self._stop = asyncio.Event()
         self._running: set[asyncio.Task[object]] = set()
@@ -90,6 +95,7 @@ class Daemon:
                 extra=fields(Event.DAEMON, outcome="stopping"),
             )
         self._stop.set()
+        self.notifier.stopping("stopping: waiting for running sweeps to finish")
 
     async def run(self, *, run_for: float | None = None) -> int:
         """Run until a signal (or ``run_for`` seconds, for the demo). Returns the exit code."""
@@ -114,13 +120,15 @@ class Daemon:
         scheduler.add_listener(_skipped, EVENT_JOB_MAX_INSTANCES)
         handled = self._install_signals(loop)
         scheduler.start()
+        started = (
+            f"discovery {_describe(self.discover)}, deletion {_describe(self.delete)}, "
+            f"account{'s' if len(self.engines) > 1 else ''} "
+            f"{', '.join(e.account for e in self.engines)}"
+            f"{' (dry-run)' if self.engine.options.dry_run else ''}"
+        )
         logger.info(
-            "daemon started: discovery %s, deletion %s, account%s %s%s",
-            _describe(self.discover),
-            _describe(self.delete),
-            "s" if len(self.engines) > 1 else "",
-            ", ".join(e.account for e in self.engines),
-            " (dry-run)" if self.engine.options.dry_run else "",
+            "daemon started: %s",
+            started,
             extra=fields(
                 Event.DAEMON,
                 outcome="started",
@@ -128,20 +136,29 @@ class Daemon:
                 dry_run=self.engine.options.dry_run,
             ),
         )
+        # The admin surface is up already (the runtime starts it first): systemd may count the
+        # service as started, and from now on expects the watchdog's pings.
+        self.notifier.ready(f"running: {started}")
+        watchdog = asyncio.create_task(self.notifier.keep_alive())
         try:
             await asyncio.wait_for(self._stop.wait(), timeout=run_for)
         except TimeoutError:
             pass
         finally:
+            self.notifier.stopping("stopping: waiting for running sweeps to finish")
             # Stop taking work, let running sweeps finish their current item, then shut down:
-            # APScheduler's asyncio executor cancels whatever still runs at shutdown.
-            scheduler.pause()
-            for engine in self.engines:
-                engine.stop()
-            for sig in handled:
-                loop.remove_signal_handler(sig)
-            await self._drain()
-            scheduler.shutdown(wait=False)
+            # APScheduler's asyncio executor cancels whatever still runs at shutdown. The
+            # watchdog is pinged until then: a drain is no hang.
+            try:
+                scheduler.pause()
+                for engine in self.engines:
+                    engine.stop()
+                for sig in handled:
+                    loop.remove_signal_handler(sig)
+                await self._drain()
+                scheduler.shutdown(wait=False)
+            finally:
+                watchdog.cancel()
         logger.info("daemon stopped", extra=fields(Event.DAEMON, outcome="stopped"))
         return 0
 

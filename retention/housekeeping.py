@@ -64,10 +64,27 @@ async def db_backup(settings: Settings, target: Path) -> int:
     return EXIT_OK
 
 
+def example_config() -> Path:
+    """Where the documented example, ``config.example.toml``, is: inside the package, or the
+    repository's top level.
+
+    The file lives at the repository's top level; the wheel carries it as
+    ``retention/config.example.toml`` (pyproject.toml's force-include), as it does Alembic's
+    scripts (see :func:`retention.migrate.script_location`). A checkout or an editable install
+    has only the former.
+    """
+    packaged = Path(str(resources.files("retention") / "config.example.toml"))
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
 def init(path: str) -> int:
     """Write a starter config that cannot delete: dry_run on, every policy commented out.
 
     Never overwrites: an existing PATH is a ConfigError (exit 2). ``-`` writes to stdout.
+    The next steps it prints name the installed copy of ``config.example.toml``, which
+    documents every key.
     """
     starter = (resources.files("retention") / "starter.toml").read_text(encoding="utf-8")
     if path == "-":
@@ -86,7 +103,8 @@ def init(path: str) -> int:
         raise ConfigError(f"cannot write: {exc.strerror}", source=path) from None
     print(f"wrote {path}: a starter config that deletes nothing (dry_run = true, no policies)")
     print("next:")
-    print(f"  1. write your policies in {path} (config.example.toml documents every key)")
+    print(f"  1. write your policies in {path}; every key is documented, with its default, in")
+    print(f"     {example_config()}")
     print(f"  2. retention check --config {path}")
     print(f"  3. export {TOKEN_ENV}=...            (or [api] token_file)")
     print(f"  4. retention db upgrade --config {path} && retention plan --config {path}")

@@ -11,6 +11,9 @@ import pytest
 
 from retention.cli import main
 from retention.config import load_config
+from retention.housekeeping import example_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_init_writes_a_starter_that_passes_check_and_deletes_nothing(
@@ -29,6 +32,20 @@ def test_init_writes_a_starter_that_passes_check_and_deletes_nothing(
     assert main(["check", "--config", "retention.toml"]) == 0
     assert "dry_run    true" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ["retention.toml"], "no store yet"
+
+
+def test_init_names_the_documented_example_where_it_is_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a wheel there is no repository to find config.example.toml in: init names the copy
+    that comes with the package (a checkout's own, here), and it is the documented file."""
+    path = tmp_path / "retention.toml"
+    assert main(["init", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"every key is documented, with its default, in\n     {example_config()}\n" in out
+    assert example_config().is_absolute()
+    assert example_config().read_bytes() == (REPO / "config.example.toml").read_bytes()
+    assert "config.example.toml, which comes with the package" in path.read_text(encoding="utf-8")
 
 
 def test_the_starters_commented_policy_and_hold_are_valid_once_uncommented(
