@@ -103,16 +103,18 @@ async def read_batch(
 
 @cache
 def _read_query(dialect: Dialect, as_json: bool) -> SQLCompiler:
-    """The batch query, compiled once per dialect. The state test is wrapped so that no state
-    index serves it: SQLite would read every live row through (state, ...) and sort them, per
-    batch; the id range of the primary key makes each batch cost its own size. ``as_json``:
-    SQLite's JSON functions fold the batch into one array of arrays (in an order of SQLite's
-    choosing: :func:`read_batch` sorts it)."""
+    """The batch query, compiled once per dialect. The account and state tests are wrapped so
+    that no index on them serves it: SQLite would read every live row through (state, ...) or
+    (account, ...) and sort them, per batch; the id range of the primary key makes each batch
+    cost its own size. ``as_json``: SQLite's JSON functions fold the batch into one array of
+    arrays (in an order of SQLite's choosing: :func:`read_batch` sorts it)."""
     query = (
         select(*DECISION_ROW)
         .where(
             _c.id > bindparam("after"),
-            _c.account == bindparam("account"),
+            # Wrapped too: SQLite would read the account's rows through (account, agent, state)
+            # and sort them all, per batch (quadratic on a store of a million).
+            func.coalesce(_c.account, "") == bindparam("account"),
             func.coalesce(_c.state, "").in_(LIVE_STATES),
         )
         .order_by(_c.id)

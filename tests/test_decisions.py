@@ -167,3 +167,24 @@ async def test_the_one_statement_write_stores_exactly_what_the_portable_write_st
         and rows[k]["state"] == State.DELETED.value
         for k in meanwhile
     )
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("as_json", [True, False])
+async def test_a_batch_is_read_by_its_id_range_never_by_sorting_the_account(
+    store_url: str, store: Store, as_json: bool
+) -> None:
+    """Each batch costs its own size: SQLite must walk the primary key from the last id, not
+    read every row of the account through another index and sort them (a million rows read
+    per batch made a rules change on a store of a million quadratic)."""
+    compiled = decisions._read_query(store.db.bind.dialect, as_json)
+    state = compiled.construct_expanded_state({"account": "default", "after": 0, "size": 2000})
+    async with store.db.connect() as conn:
+        plan = (
+            await conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + state.statement, state.positional_parameters
+            )
+        ).all()
+    details = " / ".join(str(row[-1]) for row in plan)
+    assert "INTEGER PRIMARY KEY (rowid>?)" in details, details
+    assert "TEMP B-TREE" not in details and "ix_conversations_account" not in details, details
