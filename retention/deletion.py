@@ -112,17 +112,24 @@ async def _delete_batch(
     sweep_id: int | None,
     now: datetime,
 ) -> None:
+    if not await _audit_ready(sweep, report):
+        return
     await walk_where_cheaper(sweep, candidates, report, now)
     queue = iter(candidates)  # shared by the workers: oldest due first, whoever is free
     done = report.deleted + report.would_delete
+    halt = asyncio.Event()  # one worker failed: the others take nothing more
 
     async def worker() -> None:
         nonlocal done
         for candidate in queue:
-            if sweep.stopping.is_set():
+            if sweep.stopping.is_set() or halt.is_set():
                 return
-            async with sweep.gate(candidate.agent_id).delete():
-                await _delete_one(sweep, candidate, report, sweep_id)
+            try:
+                async with sweep.gate(candidate.agent_id).delete():
+                    await _delete_one(sweep, candidate, report, sweep_id)
+            except BaseException:
+                halt.set()  # an outcome that cannot be recorded: send no further DELETE
+                raise
             done += 1
             sweep.note("deletions", done)
 
@@ -135,6 +142,23 @@ async def _delete_batch(
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+async def _audit_ready(sweep: Sweep, report: SweepReport) -> bool:
+    """Whether the audit chain can record what is deleted now; says why not once a sweep.
+    Nothing is deleted that could not be audited."""
+    if report.held_back is not None:
+        return False
+    problem = await sweep.journal.audit_problem()
+    if problem is None:
+        return True
+    report.held_back = problem
+    logger.error(
+        "deleting nothing: %s",
+        problem,
+        extra=fields(Event.AUDIT_CHAIN, outcome="held_back", problem=problem),
+    )
+    return False
 
 
 async def _breaker(sweep: Sweep, report: SweepReport, now: datetime) -> Verdict:
@@ -347,6 +371,7 @@ async def _send_delete(
         )
     except ApiError as exc:
         retry_at = now + retry_delay(sweep.options.retry_backoff, current.attempts + 1)
+        failed = _audit_record(report, current, AuditOutcome.FAILED, now, detail=str(exc))
         await store.set_state(
             current.agent_id,
             current.session_id,
@@ -354,8 +379,9 @@ async def _send_delete(
             now=now,
             error=str(exc),
             retry_at=retry_at,
+            audit=failed,
+            sweep_id=sweep_id,
         )
-        await _audit(sweep, report, current, AuditOutcome.FAILED, now, sweep_id, detail=str(exc))
         report.failed += 1
         logger.warning(
             "could not delete %s: %s",
@@ -394,8 +420,16 @@ async def _send_delete(
         confirmed = outcome is DeleteOutcome.DELETED_CONFIRMED_BY_404
         why = explain(current.reason, current.due_at, done)
         detail = f"{CONFIRMED_BY_404}; {why}" if confirmed else None
-        await store.set_state(current.agent_id, current.session_id, State.DELETED, now=done)
-        await _audit(sweep, report, current, AuditOutcome.DELETED, done, sweep_id, detail=detail)
+        # The state and its audit row in one transaction: never a deletion recorded unaudited.
+        record = _audit_record(report, current, AuditOutcome.DELETED, done, detail=detail)
+        await store.set_state(
+            current.agent_id,
+            current.session_id,
+            State.DELETED,
+            now=done,
+            audit=record,
+            sweep_id=sweep_id,
+        )
         report.deleted += 1
         delay = None
         if current.due_at is not None:  # how late: the SLO's figure (retention_deletion_delay)
@@ -416,8 +450,15 @@ async def _send_delete(
             ),
         )
     else:
-        await store.set_state(current.agent_id, current.session_id, State.GONE, now=done)
-        await _audit(sweep, report, current, AuditOutcome.ALREADY_GONE, done, sweep_id)
+        gone = _audit_record(report, current, AuditOutcome.ALREADY_GONE, done)
+        await store.set_state(
+            current.agent_id,
+            current.session_id,
+            State.GONE,
+            now=done,
+            audit=gone,
+            sweep_id=sweep_id,
+        )
         report.already_gone += 1
         logger.info(
             "already gone: %s",
@@ -436,8 +477,21 @@ async def _audit(
     *,
     detail: str | None = None,
 ) -> None:
+    record = _audit_record(report, conversation, outcome, at, detail=detail)
+    await sweep.journal.add_audit(record, sweep_id=sweep_id)
+
+
+def _audit_record(
+    report: SweepReport,
+    conversation: TrackedConversation,
+    outcome: AuditOutcome,
+    at: datetime,
+    *,
+    detail: str | None = None,
+) -> AuditRecord:
+    """The audit row of an outcome (counted in the sweep's report)."""
     report.outcomes[(outcome.value, conversation.rule or "")] += 1
-    record = AuditRecord(
+    return AuditRecord(
         at=at,
         agent_id=conversation.agent_id,
         session_id=conversation.session_id,
@@ -447,7 +501,6 @@ async def _audit(
         outcome=outcome,
         detail=detail or explain(conversation.reason, conversation.due_at, at),
     )
-    await sweep.journal.add_audit(record, sweep_id=sweep_id)
 
 
 def retry_delay(base: timedelta, attempts: int) -> timedelta:

@@ -10,8 +10,9 @@ import csv
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -78,7 +79,8 @@ async def audit_head(settings: Settings, *, account: str | None, as_json: bool) 
         names = await _audit_accounts(settings, root, account)
         heads = [await root.for_account(n).journal.audit.head() for n in names]
     if as_json:
-        print(json.dumps([{"account": h.account, "seq": h.seq, "hash": h.hash} for h in heads]))
+        shown = [{"account": h.account, "seq": h.seq, "hash": h.hash} for h in heads]
+        print(json.dumps({"accounts": shown}, indent=2))
     else:
         for h in heads:
             print(f"{h.account} {h.pin()}")
@@ -101,7 +103,7 @@ async def audit_export(
     where = AuditFilter(since=since, until=until, agent_id=agent_id, rule=rule, outcome=outcome)
     async with open_store(settings, create=False) as root:
         names = await _audit_accounts(settings, root, account)
-        async with _output(out) as stream:
+        with _output(out) as stream:
             write = _jsonl_writer(stream) if fmt == "jsonl" else _csv_writer(stream)
             for name in names:
                 async for row in root.for_account(name).journal.audit.rows(where):
@@ -122,8 +124,8 @@ def _csv_writer(stream: IO[str]) -> Callable[[dict[str, Any]], None]:
     return writer.writerow
 
 
-@asynccontextmanager
-async def _output(out: Path | None) -> AsyncIterator[IO[str]]:
+@contextmanager
+def _output(out: Path | None) -> Iterator[IO[str]]:
     """stdout, or a new file (never one that exists: an export is evidence, not a scratch)."""
     if out is None:
         try:
@@ -132,14 +134,20 @@ async def _output(out: Path | None) -> AsyncIterator[IO[str]]:
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
-    try:
-        stream = out.open("x", encoding="utf-8", newline="")
-    except FileExistsError:
-        raise ConfigError(f"{out} exists; an export never overwrites a file", key="--out") from None
+    if os.path.lexists(out):  # a dangling link too
+        raise ConfigError(f"{out} exists; an export never overwrites a file", key="--out")
+    try:  # 0600 (conversation names), under a temporary name until complete
+        fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror}", key="--out") from None
-    with stream:
-        yield stream
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        os.link(partial, out)  # never over a file that appeared meanwhile
+    except FileExistsError:
+        raise ConfigError(f"{out} exists; an export never overwrites a file", key="--out") from None
+    finally:
+        os.unlink(partial)
 
 
 async def _audit_accounts(settings: Settings, root: Store, account: str | None) -> list[str]:
@@ -184,8 +192,9 @@ async def report(
     elif html is not None:
         from retention.reportpage import page  # only this command renders HTML
 
-        _write_replacing(html, page(doc))
-        print(f"wrote {html}")
+        _write_page(html, page(doc))
+        if str(html) != "-":
+            print(f"wrote {html}")
     else:
         report_table(doc, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
     broken = [a["account"] for a in doc["accounts"] if not a["audit"]["ok"]]
@@ -203,8 +212,9 @@ def report_table(doc: dict[str, Any], console: Console) -> None:
         f"{doc['overdue_after']}"
     )
     for acc in doc["accounts"]:
-        figures = Table(title=f"account {acc['account']}", title_justify="left")
-        delays = Table(title="delay from due to deleted", title_justify="left")
+        # "default" sets a title at the left unpadded ("left" pads it to the table's width).
+        figures = Table(title=f"account {acc['account']}", title_justify="default")
+        delays = Table(title="delay from due to deleted", title_justify="default")
         for table in (figures, delays):
             table.add_column("agent")
             table.add_column("rule")
@@ -241,12 +251,23 @@ def _delays(summary: dict[str, Any]) -> list[str]:
     return [str(summary["count"]), *(format_duration(timedelta(seconds=v)) for v in values)]
 
 
-def _write_replacing(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
-    partial = path.with_name(f".{path.name}.partial")
+def _write_page(path: Path, text: str) -> None:
+    """Write the page to ``path`` (``-``: stdout) whole or not at all: a 0600 temporary file
+    of its own, put in place by a rename. Refuses anything at ``path`` that is not a regular
+    file (a link, a device): the rename would replace it."""
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ConfigError(f"{path} is not a regular file; write the page elsewhere", key="--html")
     try:
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}", key="--html") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(partial, path)
+    except OSError as exc:
+        Path(partial).unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {exc.strerror}", key="--html") from None

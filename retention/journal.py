@@ -15,7 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retention.auditlog import AuditLog
 from retention.database import Database
-from retention.models import LIVE_STATES, AgentStatus, AuditRecord, State, SweepRecord, SweepReport
+from retention.models import (
+    LIVE_STATES,
+    AgentStatus,
+    AuditOutcome,
+    AuditRecord,
+    State,
+    SweepRecord,
+    SweepReport,
+)
+from retention.schema import (
+    audit as audit_table,
+)
 from retention.schema import (
     conversation_counts,
     conversations,
@@ -61,6 +72,10 @@ class Journal:
     async def add_audit(self, record: AuditRecord, *, sweep_id: int | None = None) -> None:
         """Append ``record`` to the account's hash chain (:class:`retention.auditlog.AuditLog`)."""
         await self.audit.append(record, sweep_id=sweep_id)
+
+    async def audit_problem(self) -> str | None:
+        """Why no deletion may be recorded now (the audit chain cannot take a row), or None."""
+        return await self.audit.append_problem()
 
     async def audit_trail(
         self, agent_id: int | None = None, session_id: str | None = None
@@ -113,6 +128,25 @@ class Journal:
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [sweep_from_row(r._mapping) for r in rows]
+
+    async def would_delete(self, listed: list[SweepRecord], now: datetime) -> dict[int, int]:
+        """How many conversations each of ``listed`` would have deleted: its dry-run audit rows
+        (one per conversation, when first noted), by sweep id. Each count reads only the audit
+        rows written while that sweep ran (the ``at`` index), whatever the store's size."""
+        out: dict[int, int] = {}
+        async with self.db.connect() as conn:
+            for sweep in listed:
+                query = select(func.count()).where(
+                    audit_table.c.at >= sweep.started_at,
+                    audit_table.c.at <= (sweep.finished_at or now),
+                    audit_table.c.account == self.account,
+                    audit_table.c.sweep_id == sweep.id,
+                    audit_table.c.outcome == AuditOutcome.DRY_RUN.value,
+                )
+                count = int((await conn.execute(query)).scalar_one())
+                if count:
+                    out[sweep.id] = count
+        return out
 
     # ---- figures -----------------------------------------------------------------------------
 

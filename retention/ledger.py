@@ -45,12 +45,13 @@ class Tally:
     def delay_summary(self) -> dict[str, float | int | None]:
         values = sorted(self.delays)
         if not values:
-            return {"count": 0, "p50": None, "p95": None, "max": None}
+            return {"count": 0, "p50": None, "p95": None, "max": None, "early": 0}
         return {
             "count": len(values),
             "p50": percentile(values, 0.50),
             "p95": percentile(values, 0.95),
             "max": values[-1],
+            "early": sum(1 for v in values if v < 0),  # deleted before they were due
         }
 
 
@@ -104,22 +105,26 @@ async def tallies(
         c.due_at.is_not(None),
     )
     async with store.db.connect() as conn:
-        for agent_id, rule, outcome, n, distinct in (await conn.execute(audited)).all():
+        for agent_id, rule, outcome, _rows, distinct in (await conn.execute(audited)).all():
             counts = out[(int(agent_id), rule)].counts
+            # Conversations, not audit rows: a deletion found undone and done again, or a
+            # failed attempt retried, is one conversation.
             if outcome == AuditOutcome.DELETED.value:
-                counts["deleted"] += int(n)
+                counts["deleted"] += int(distinct)
             elif outcome == AuditOutcome.ALREADY_GONE.value:
-                counts["already_gone"] += int(n)
+                counts["already_gone"] += int(distinct)
             elif outcome == AuditOutcome.FAILED.value:
-                counts["failed"] += int(distinct)  # conversations, not attempts
+                counts["failed"] += int(distinct)
         for agent_id, rule, *figures in (await conn.execute(live)).all():
             tally = out[(int(agent_id), rule)]
             n_due, n_overdue, n_held, n_grace, n_unapproved = (int(v or 0) for v in figures)
             tally.counts.update(due=n_due, overdue=n_overdue, held=n_held, in_grace=n_grace)
             tally.unapproved = n_unapproved
         async for agent_id, rule, due_at, finished_at in await conn.stream(delays):
+            # Not clamped: a deletion before its due time shows as a negative delay, and is
+            # counted as early (it should never happen; an auditor wants to see it if it did).
             delay = (finished_at - due_at).total_seconds()
-            out[(int(agent_id), rule)].delays.append(max(0.0, delay))
+            out[(int(agent_id), rule)].delays.append(delay)
     return dict(out)
 
 
@@ -128,7 +133,7 @@ async def deletions_per_day(store: Store, *, since: datetime, now: datetime) -> 
     a = audit.c
     day = _day(store, a.at)
     query = (
-        select(day, a.rule, func.count())
+        select(day, a.rule, func.count(func.distinct(a.session_id)))
         .where(
             a.account == store.account,
             a.outcome == AuditOutcome.DELETED.value,
@@ -199,4 +204,5 @@ def _day(store: Store, column: Any) -> ColumnElement[Any]:
     """A timestamp's UTC day as ``YYYY-MM-DD`` text, on either backend."""
     if store.db.bind.dialect.name == "sqlite":
         return func.substr(column, 1, 10)  # stored as "YYYY-MM-DD HH:MM:SS.ffffff", in UTC
-    return func.to_char(func.timezone("UTC", column), literal_column("'YYYY-MM-DD'"))
+    # A naive UTC timestamp: to_char formats it as stored, whatever the session's time zone.
+    return func.to_char(column, literal_column("'YYYY-MM-DD'"))

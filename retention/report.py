@@ -16,6 +16,7 @@ from typing import Any
 
 from retention import ledger
 from retention.breaker import Limits, judge
+from retention.chain import Verdict
 from retention.ledger import COUNTS, Key, Tally
 from retention.policy import Rules
 from retention.store import Store
@@ -34,6 +35,9 @@ class Source:
     store: Store
     rules: Rules
     limits: Limits
+    # The daemon's last walk of the account's chain, and when: served as it is (GET /report
+    # walks no chain); None: the report walks it.
+    verified: tuple[Verdict, datetime] | None = None
 
 
 async def build(
@@ -49,23 +53,15 @@ async def build(
         "overdue_after": format_duration(overdue_after),
         "overdue_after_seconds": overdue_after.total_seconds(),
         "accounts": [
-            await _account(
-                s.store, s.rules, s.limits, now=now, since=since, overdue_after=overdue_after
-            )
-            for s in sources
+            await _account(s, now=now, since=since, overdue_after=overdue_after) for s in sources
         ],
     }
 
 
 async def _account(
-    store: Store,
-    rules: Rules,
-    limits: Limits,
-    *,
-    now: datetime,
-    since: datetime,
-    overdue_after: timedelta,
+    source: Source, *, now: datetime, since: datetime, overdue_after: timedelta
 ) -> dict[str, Any]:
+    store, rules, limits = source.store, source.rules, source.limits
     tallies = await ledger.tallies(store, since=since, now=now, overdue_after=overdue_after)
     verdict = judge(await store.due_figures(now), limits)
     for (agent_id, _rule), tally in tallies.items():
@@ -110,7 +106,7 @@ async def _account(
                     "message": conflict.message(),
                 }
             )
-    chain = await store.journal.audit.verify()
+    chain, verified_at = source.verified or (await store.journal.audit.verify(), now)
     return {
         "account": store.account,
         "totals": {key: total.counts[key] for key in COUNTS},
@@ -125,6 +121,7 @@ async def _account(
             "rows_checked": chain.checked,
             "head": {"seq": chain.head.seq, "hash": chain.head.hash},
             "problem": chain.problem,
+            "verified_at": _stamp(verified_at),
         },
     }
 

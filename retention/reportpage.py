@@ -124,6 +124,12 @@ def _account(index: int, account: Mapping[str, Any]) -> str:
         f'<div><dt>Delays measured</dt><dd data-figure="{_e(name)}/total/delay_count">'
         f"{_e(delays['count'])}</dd></div>"
     )
+    early = int(delays.get("early", 0))  # deleted before due: never expected, always shown
+    marked = ' class="alert"' if early else ""
+    strip += (
+        f"<div{marked}><dt>Deleted before due</dt>"
+        f'<dd data-figure="{_e(name)}/total/delay_early">{early}</dd></div>'
+    )
     days = [str(d["day"]) for d in account["backlog_per_day"]]
     return (
         f'<section class="account" id="account-{index}" aria-labelledby="account-{index}-h">'

@@ -34,6 +34,7 @@ from retention.models import (
     LIVE_STATES,
     TTL_RULE,
     AgentRecord,
+    AuditRecord,
     Lease,
     State,
     TrackedConversation,
@@ -457,10 +458,16 @@ class Store:
         count_attempt: bool = False,
         retry_at: datetime | None = None,
         fence: Lease | None = None,
+        audit: AuditRecord | None = None,
+        sweep_id: int | None = None,
     ) -> None:
         """Move a conversation to ``state``. With ``fence`` (the intent to delete), only while
         that lease is still the one in force, in the same statement: a holder that lost its
-        lease (paused, partitioned) cannot record an intent, so cannot delete. LeaseLost then."""
+        lease (paused, partitioned) cannot record an intent, so cannot delete. LeaseLost then.
+
+        With ``audit``, its row is appended to the account's audit chain in the same
+        transaction: an outcome is recorded with its audit row or not at all (a conversation
+        left ``deleting`` is resolved, and audited, by the next sweep)."""
         values: dict[str, Any] = {"state": state.value, "last_error": error, "retry_at": retry_at}
         if state in (State.DELETED, State.GONE):
             values["finished_at"] = now
@@ -488,6 +495,8 @@ class Store:
             )
         async with self.db.begin() as conn:
             result = await conn.execute(statement)
+            if audit is not None and (fence is None or result.rowcount):
+                await self.journal.audit.append(audit, sweep_id=sweep_id, conn=conn)
         if fence is not None and not result.rowcount:
             raise LeaseLost(f"the lease on {fence.scope} is no longer {fence.holder}'s")
 

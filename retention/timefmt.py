@@ -52,6 +52,8 @@ def to_moment(text: str, now: datetime) -> datetime:
     raw = text.strip()
     try:
         return now - parse_duration(raw)
+    except OverflowError:
+        raise ValueError(f"invalid time {text!r}: that long ago is before the year 1") from None
     except ValueError:
         pass
     try:

@@ -226,6 +226,7 @@ def figures_from_doc(doc: Mapping[str, Any]) -> dict[str, Figure]:
         name = account["account"]
         out.update({f"{name}/total/{k}": str(account["totals"][k]) for k in COUNTS})
         out.update(_delay_figures(f"{name}/total", account["delay_seconds"]))
+        out[f"{name}/total/delay_early"] = str(account["delay_seconds"].get("early", 0))
         for agent in account["agents"]:
             prefix = f"{name}/{agent['agent_id']}"
             out.update({f"{prefix}/total/{k}": str(agent["totals"][k]) for k in COUNTS})

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from retention import chain
 from retention.chain import GENESIS, Head, Link
 from retention.cli import main
-from retention.models import AuditOutcome, AuditRecord
+from retention.models import AuditOutcome, AuditRecord, State
 from retention.store import Store
 
 from .test_migration_accounts import migrate
@@ -363,9 +363,9 @@ def demo_copy(demo_folder: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield str(tmp_path / "retention.toml"), tmp_path / "retention.db"
 
 
-def sql(db: Path, statement: str) -> None:
+def sql(db: Path, statements: str) -> None:
     with sqlite3.connect(db) as conn:
-        conn.execute(statement)
+        conn.executescript(statements)
 
 
 def verify(config: str, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
@@ -401,6 +401,16 @@ def test_verify_passes_after_a_demo_run(
             "FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
             "lies past the head the store recorded",
         ),
+        # The end cut off and the head set back to match: the chain holds together, but the
+        # conversations those rows recorded are still recorded deleted.
+        (
+            "DELETE FROM audit WHERE seq > 10; "
+            "UPDATE audit_heads SET seq = 10, hash = (SELECT hash FROM audit WHERE seq = 10)",
+            "is recorded deleted",
+        ),
+        ("DELETE FROM audit; DELETE FROM audit_heads", "is recorded deleted"),
+        ("UPDATE audit SET at = 'garbage' WHERE seq = 5", "audit row #5 (id 5) cannot be read"),
+        ("UPDATE audit SET age_seconds = 'abc' WHERE seq = 6", "audit row #6 (id 6) cannot be"),
     ],
 )
 def test_verify_fails_naming_the_row_after_an_edit_a_delete_or_an_insert(
@@ -417,6 +427,17 @@ def test_verify_fails_naming_the_row_after_an_edit_a_delete_or_an_insert(
     assert named in document["accounts"][0]["problem"]
 
 
+def test_an_export_that_fails_leaves_no_file_under_its_name(
+    demo_copy: tuple[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config, db = demo_copy
+    sql(db, "UPDATE audit SET at = 'garbage' WHERE seq = 7")
+    out = tmp_path / "broken.jsonl"
+    assert main(["audit", "export", "--config", config, "--out", str(out)]) == 1
+    assert "audit row #7 (id 7) cannot be read" in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
 def test_export_streams_every_row_as_json_lines_and_csv(
     demo_copy: tuple[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -428,8 +449,10 @@ def test_export_streams_every_row_as_json_lines_and_csv(
     assert main(["audit", "export", "--config", config, "--format", "csv", "--out", str(out)]) == 0
     text_rows = out.read_text(encoding="utf-8").splitlines()
     assert text_rows[0] == ",".join((*chain.FIELDS, "hash")) and len(text_rows) == len(lines) + 1
+    assert out.stat().st_mode & 0o777 == 0o600, "conversation names: the owner's only"
     assert main(["audit", "export", "--config", config, "--out", str(out)]) == 2
     assert "exists; an export never overwrites a file" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
     assert main(["audit", "export", "--config", config, "--since", "nonsense"]) == 2
     assert "--since" in capsys.readouterr().err
 
@@ -509,3 +532,106 @@ async def test_the_daemon_walks_held_chains_and_reports_a_broken_one(
     assert b'retention_audit_chain_valid{account="default"} 0.0' in metrics.render()
     broken = [r for r in caplog.records if getattr(r, "event", None) == "audit_chain"]
     assert broken and "audit row #2" in broken[0].getMessage()
+
+
+# ---- never a deletion recorded without its audit row --------------------------------------
+
+
+@pytest.fixture
+def temp_chats() -> Any:
+    from retention.policy import Policy
+
+    return Policy(name="temp", agents=frozenset({532}), name_matches=("Temp*",), max_age=H)
+
+
+H = timedelta(hours=1)
+
+
+def add_due(emulator: Any, count: int) -> list[str]:
+    now = datetime.now(UTC)
+    made = [
+        emulator.state.add_conversation(532, f"Temp {n}", created_at=now - 2 * H)
+        for n in range(count)
+    ]
+    return [c.session_id for c in made]
+
+
+async def test_a_chain_without_its_head_deletes_nothing_and_says_why(
+    emulator: Any, make_engine: Any, store: Store, temp_chats: Any
+) -> None:
+    engine = make_engine((temp_chats,), ())
+    add_due(emulator, 1)
+    first = await engine.sweep()
+    assert first.deleted == 1 and (await store.journal.audit.verify()).ok
+    async with store.db.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_heads"))
+    sessions = add_due(emulator, 3)
+    report = await engine.sweep()
+    assert len(emulator.calls("DELETE")) == 1, "no DELETE that could not be audited"
+    assert report.deleted == 0 and report.held_back is not None
+    assert "no recorded head" in report.held_back
+    for session in sessions:
+        stored = await store.get(532, session)
+        assert stored is not None and stored.state is State.ACTIVE
+
+
+async def test_an_audit_row_that_cannot_be_written_leaves_the_deletion_to_the_next_sweep(
+    emulator: Any, make_engine: Any, store_url: str, store: Store, temp_chats: Any
+) -> None:
+    """The state and the audit row are one transaction: when the row cannot be written the
+    conversation stays `deleting`, no further DELETE goes out, and the next sweep resolves it
+    (its DELETE meets a 404) and audits it."""
+    engine = make_engine((temp_chats,), (), delete_concurrency=1)
+    sessions = add_due(emulator, 3)
+    sqlite = store_url.startswith("sqlite")
+    failing = (
+        [
+            "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
+        ]
+        if sqlite
+        else [
+            "CREATE FUNCTION audit_refuses() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'audit refused'; END $$",
+            "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION audit_refuses()",
+        ]
+    )
+    async with store.db.begin() as conn:
+        for statement in failing:
+            await conn.execute(text(statement))
+    with pytest.raises(Exception, match="audit refused"):
+        await engine.sweep()
+    assert len(emulator.calls("DELETE")) == 1, "the first failure stops the batch"
+    states = {s: (await store.get(532, s)) for s in sessions}
+    assert sorted(str(c.state) for c in states.values() if c) == ["active", "active", "deleting"]
+    async with store.db.begin() as conn:
+        await conn.execute(text("DROP TRIGGER audit_refuses" + ("" if sqlite else " ON audit")))
+    report = await engine.sweep()
+    assert report.failed == 0
+    trail = await store.journal.audit_trail(532)
+    assert sorted(r.session_id for r in trail) == sorted(sessions), "each audited once"
+    for session in sessions:
+        stored = await store.get(532, session)
+        assert stored is not None and stored.state in (State.DELETED, State.GONE)
+    assert (await store.journal.audit.verify()).ok
+
+
+async def test_the_migration_waits_for_every_writer_to_stop(store: Store) -> None:
+    """A writer of the previous version would write unchained audit rows (refused by the new
+    columns) after deleting: while any lease is held, migration 0012 refuses, naming it."""
+    from retention.errors import ConfigError
+
+    await store.journal.add_audit(record(1))
+    await migrate(store, "0011", down=True)
+    held = await store.take_lease(
+        "account:default", "old-version pid=7", now=datetime.now(UTC), ttl=timedelta(minutes=5)
+    )
+    assert held is not None
+    with pytest.raises(ConfigError, match="account:default is held by old-version pid=7"):
+        await migrate(store, "head")
+    assert await store.revision() == "0011", "nothing changed"
+    async with store.db.begin() as conn:  # the old writer stopped: its lease lapsed
+        await conn.execute(text("UPDATE leases SET expires_at = '2000-01-01 00:00:00'"))
+    await migrate(store, "head")
+    assert await store.revision() == "0012" and (await store.journal.audit.verify()).ok

@@ -115,7 +115,9 @@ async def test_figures_per_agent_and_rule(store: Store) -> None:
         "blocked": 0,
     }
     # Nearest rank: p50 of 4 is the 2nd, p95 the 4th.
-    assert qa["delay_seconds"] == {"count": 4, "p50": 120.0, "p95": 108000.0, "max": 108000.0}
+    assert qa["delay_seconds"] == {
+        "count": 4, "p50": 120.0, "p95": 108000.0, "max": 108000.0, "early": 0,
+    }  # fmt: skip
     legal = rule_row(doc, 533, "legal")
     assert (legal["held"], legal["due"]) == (2, 0)
     assert rule_row(doc, 533, "long")["already_gone"] == 1
@@ -179,6 +181,37 @@ async def test_deletions_per_day_and_the_backlog_follow_the_rows(store: Store) -
     assert backlog[-1]["due"] == 3 and sum(b["due"] for b in backlog) == 4
 
 
+async def test_days_are_utc_days_whatever_the_databases_time_zone(
+    store: Store, store_url: str
+) -> None:
+    """A deletion at 23:30 UTC is that UTC day's, on a PostgreSQL server set to Tokyo too."""
+    from sqlalchemy import text
+
+    if not store_url.startswith("sqlite"):
+        async with store.db.begin() as conn:
+            await conn.execute(
+                text(
+                    "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone TO %L', "
+                    "current_database(), 'Asia/Tokyo'); END $$"
+                )
+            )
+        await store.db.bind.dispose()  # new connections take the database's time zone
+        async with store.db.connect() as conn:
+            assert (await conn.execute(text("SHOW timezone"))).scalar() == "Asia/Tokyo"
+    late = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    await audit(store, 532, "late", "qa", AuditOutcome.DELETED, late)
+    (acc,) = (await build(store))["accounts"]
+    assert acc["deletions_per_day"] == [{"day": "2026-11-25", "rule": "qa", "deleted": 1}]
+
+
+async def test_a_deletion_before_its_due_time_is_counted_as_early(store: Store) -> None:
+    """Never expected; never hidden: a negative delay, counted as early."""
+    await store.insert([tracked(532, "e1", NOW, due_at=NOW - H, rule="qa")], now=NOW - D)
+    await store.set_state(532, "e1", State.DELETED, now=NOW - 2 * H)
+    (acc,) = (await build(store))["accounts"]
+    assert acc["delay_seconds"]["early"] == 1 and acc["delay_seconds"]["max"] == -3600.0
+
+
 async def test_a_broken_chain_shows_in_the_report(store: Store) -> None:
     from sqlalchemy import text
 
@@ -230,6 +263,12 @@ def test_report_json_table_and_html_agree(
     html = page.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and "<script" not in html
     assert 'data-figure="default/532/qa/deleted"' in html
+    link = tmp_path / "link.html"
+    link.symlink_to(tmp_path / "victim.txt")
+    assert main(["report", "--config", seeded_config, "--html", str(link)]) == 2
+    assert "is not a regular file" in capsys.readouterr().err and link.is_symlink()
+    assert main(["report", "--config", seeded_config, "--html", "-"]) == 0
+    assert capsys.readouterr().out.startswith("<!DOCTYPE html>")
     assert main(["report", "--config", seeded_config, "--since", "soon"]) == 2
     assert "--since" in capsys.readouterr().err
 
@@ -251,6 +290,32 @@ async def test_the_admin_surface_serves_the_report_behind_its_token(
         assert response.status == 400
     async with http.get(f"{admin}/report?account=nobody", headers=auth) as response:
         assert response.status == 404
+
+
+async def test_the_report_page_serves_the_daemons_last_walk_of_the_chain(
+    context: AdminContext, store: Store, http: aiohttp.ClientSession
+) -> None:
+    """A request walks no chain (a million rows is seconds of CPU): the daemon's hourly walk
+    is what it shows, and when it was made."""
+    from retention.chain import Head, Verdict
+
+    await store.journal.add_audit(AuditRecord(NOW, 532, "s", "QA-1", "qa", D, AuditOutcome.DELETED))
+    walked = Verdict("default", 99, Head("default", 99, "ab" * 32), "audit row #7 was edited", 7)
+    context.chain_verdicts["default"] = (walked, NOW)
+    context.admin_token = None
+    async with (
+        serve(context, "127.0.0.1:0") as url,
+        http.get(f"{url}/report?format=json") as response,
+    ):
+        doc = await response.json()
+    chain = doc["accounts"][0]["audit"]
+    assert chain == {
+        "ok": False,
+        "rows_checked": 99,
+        "head": {"seq": 99, "hash": "ab" * 32},
+        "problem": "audit row #7 was edited",
+        "verified_at": "2026-11-26T12:00:00Z",
+    }
 
 
 async def test_without_an_admin_token_the_report_is_open_on_loopback(

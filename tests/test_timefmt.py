@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retention.timefmt import format_duration, parse_duration, parse_http_date, parse_timestamp
+from retention.timefmt import (
+    format_duration,
+    parse_duration,
+    parse_http_date,
+    parse_timestamp,
+    to_moment,
+)
 
 
 @pytest.mark.parametrize(
@@ -245,3 +251,23 @@ def test_http_date(value: str | None, expected: datetime | None) -> None:
 def test_unknown_timestamp_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unrecognised timestamp 'yesterday'"):
         parse_timestamp("yesterday")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", datetime(2026, 10, 27, 12, 0, tzinfo=UTC)),
+        ("1d12h", datetime(2026, 11, 25, 0, 0, tzinfo=UTC)),
+        ("2026-11-01", datetime(2026, 11, 1, tzinfo=UTC)),
+        ("2026-11-01T06:30:00Z", datetime(2026, 11, 1, 6, 30, tzinfo=UTC)),
+        ("2026-11-01T08:30:00+02:00", datetime(2026, 11, 1, 6, 30, tzinfo=UTC)),
+    ],
+)
+def test_a_moment_is_a_duration_ago_or_a_date_or_a_timestamp(text: str, expected: datetime) -> None:
+    assert to_moment(text, datetime(2026, 11, 26, 12, 0, tzinfo=UTC)) == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "", "99999999d", "2026-13-01"])
+def test_a_moment_that_cannot_be_read_says_what_is_accepted(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid time"):
+        to_moment(text, datetime(2026, 11, 26, 12, 0, tzinfo=UTC))

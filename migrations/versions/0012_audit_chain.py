@@ -12,10 +12,13 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from alembic import op
 
 from retention import chain
+from retention.errors import ConfigError
 from retention.schema import UTCDateTime
 
 revision = "0012"
@@ -24,6 +27,12 @@ branch_labels = None
 depends_on = None
 
 PAGE = 5000
+leases = sa.table(
+    "leases",
+    sa.column("scope", sa.String),
+    sa.column("holder", sa.String),
+    sa.column("expires_at", UTCDateTime()),
+)
 
 audit = sa.table(
     "audit",
@@ -45,6 +54,7 @@ audit = sa.table(
 
 
 def upgrade() -> None:
+    _refuse_live_writers(op.get_bind())
     op.add_column("audit", sa.Column("seq", sa.Integer(), nullable=True))
     op.add_column("audit", sa.Column("prev_hash", sa.String(64), nullable=True))
     op.add_column("audit", sa.Column("hash", sa.String(64), nullable=True))
@@ -87,6 +97,24 @@ def upgrade() -> None:
         b.alter_column("prev_hash", existing_type=sa.String(64), nullable=False)
         b.alter_column("hash", existing_type=sa.String(64), nullable=False)
     op.create_index("ux_audit_chain", "audit", ["account", "seq"], unique=True)
+
+
+def _refuse_live_writers(conn: sa.Connection) -> None:
+    """A writer of the previous version would write audit rows without the chain's columns,
+    and its deletions would go unaudited: while any lease is held (a daemon, `once`, a
+    replica), this migration waits for it to be stopped. A dead holder's lease lapses by its
+    expiry."""
+    now = datetime.now(UTC)
+    for scope, holder, expires in conn.execute(
+        sa.select(leases.c.scope, leases.c.holder, leases.c.expires_at).order_by(leases.c.scope)
+    ):
+        if expires is not None and expires > now:
+            raise ConfigError(
+                f"migration 0012 (the audit's hash chain) needs every writer stopped first: "
+                f"{scope} is held by {holder} until {expires:%Y-%m-%d %H:%M:%S}Z; stop it (a "
+                "dead holder's lease lapses by then), then upgrade",
+                key="store.url",
+            )
 
 
 def downgrade() -> None:
