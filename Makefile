@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := retention migrations tests benchmarks mutation
 
-.PHONY: install test lint format demo emulate bench bench-store bench-scale bench-audit stress mutate lock wheel-smoke container-smoke monitoring-check clean
+.PHONY: install test lint format demo emulate bench bench-store bench-scale bench-audit bench-diff stress mutate lock wheel-smoke container-smoke monitoring-check clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ BENCH_AUDIT_ARGS ?=
 bench-audit: $(STAMP)
 	$(BIN)/python benchmarks/bench_audit.py $(BENCH_AUDIT_ARGS)
 
+# `retention diff` on the store of a million conversations bench-store builds (cached in
+# /tmp/retention-bench-store; built in about a minute when missing): wall, CPU, peak RSS and the
+# goals (under a minute, under 150 MiB).
+bench-diff: $(STAMP)
+	$(BIN)/python benchmarks/bench_diff.py
+
 # Mutation testing of the pure core with mutmut (minutes; not part of `make test`): each of
 # policy.py, timefmt.py and budget.py is mutated in a copy of its own, every mutant runs only
 # that module's test file, and the score per module is printed. Fails on a surviving mutant that
@@ -73,16 +79,24 @@ stress: $(STAMP)  # the real-process tests (leases, standby, pauses), again and 
 mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py
 
-# The container installs from this lock (exact versions, hashes), with the postgres extra
-# (asyncpg) so one image serves SQLite and PostgreSQL stores. Refresh it after changing
-# dependencies; the machine's own pip settings are left out so the lock holds only PyPI.
+# The container installs from these locks (exact versions, hashes): requirements.lock holds the
+# runtime dependencies with the postgres extra (asyncpg) so one image serves SQLite and
+# PostgreSQL stores; requirements-build.lock holds the build backend (hatchling and what it
+# needs, from [build-system] requires). Refresh both after changing dependencies (pip-compile
+# keeps the pins it can: `make lock UPGRADE=--upgrade` moves them); the machine's own pip
+# settings are left out so the locks hold only PyPI.
+UPGRADE ?=
+PIP_COMPILE := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
+	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet $(UPGRADE) --generate-hashes \
+	--strip-extras --no-emit-index-url --no-emit-find-links
 lock: $(STAMP)
-	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet \
-	    --extra postgres --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-	    --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra postgres --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --build-deps-for wheel --only-build-deps --output-file requirements-build.lock \
+	    pyproject.toml
 
-# Build the wheel, install it in a fresh venv outside the repository, migrate a store and run
-# the demo: proves the wheel carries everything (Alembic's scripts among it).
+# Build the sdist and the wheel (python -m build) and check them (twine check --strict, the
+# wheel's metadata and files), install the wheel in a fresh venv outside the repository and,
+# from a folder outside it, run --version, init, check, db upgrade and the demo (~1 minute).
 wheel-smoke: $(STAMP)
 	PYTHON=$(BIN)/python scripts/wheel-smoke
 

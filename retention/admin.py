@@ -3,18 +3,21 @@ error answer. :mod:`retention.web` routes requests to these."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
+from retention.chain import Verdict
 from retention.config import AgentId, Duration
 from retention.daemon import Health
 from retention.engine import Engine
 from retention.metrics import Metrics
 from retention.store import Store
+from retention.tracking import name_problem
 
 
 def fail(status: int, message: str, *, field: str | None = None, **kw: Any) -> web.Response:
@@ -36,8 +39,15 @@ class Body(BaseModel):
     account: AccountName | None = None
 
 
+def _conversation_name(name: str) -> str:
+    """The rule ``retention create --name`` applies too (:func:`name_problem`)."""
+    if (problem := name_problem(name)) is not None:
+        raise ValueError(problem)
+    return name
+
+
 class CreateBody(Body):
-    name: str = Field(min_length=1, max_length=255)
+    name: Annotated[str, AfterValidator(_conversation_name)]
 
 
 class TrackBody(Body):
@@ -58,6 +68,10 @@ class AdminContext:
     overdue_after: timedelta
     # /report's default: due for longer than one deletion interval and an hour
     report_overdue_after: timedelta = timedelta(minutes=75)
+    # Each account's last walk of its audit chain by the daemon, and when (GET /report).
+    chain_verdicts: dict[str, tuple[Verdict, datetime]] = field(default_factory=dict)
+    # The last accepted reload and what it did (GET /v1/reloads/last); None before one.
+    last_reload: Callable[[], dict[str, Any] | None] = lambda: None
 
     def __post_init__(self) -> None:
         if not self.engines:

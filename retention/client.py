@@ -14,11 +14,13 @@ A walk of an agent's list holds one page at a time (:meth:`CustomGPTClient.walk_
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from pydantic import SecretStr
@@ -412,7 +414,7 @@ class CustomGPTClient:
                 # A connect timeout never reached the server; any later one may have.
                 connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
                 raise TransientApiError(
-                    f"no answer within {self._timeout.total:g}s",
+                    f"no answer from {self._shown(path, params)} within {self._timeout.total:g}s",
                     may_have_acted=not connecting,
                     **where,
                 ) from None
@@ -420,8 +422,9 @@ class CustomGPTClient:
                 self.stats.record(kind, "connection")
                 # No connection at all: the request was never sent.
                 connecting = isinstance(exc, aiohttp.ClientConnectorError)
+                shown, problem = self._shown(path, params), _connection_problem(exc)
                 raise TransientApiError(
-                    f"connection failed ({type(exc).__name__})",
+                    f"connection failed to {shown} ({problem})",
                     may_have_acted=not connecting,
                     **where,
                 ) from None
@@ -476,12 +479,33 @@ class CustomGPTClient:
         self.stats.record(kind, str(status))
         return result
 
+    def _shown(self, path: str, params: Mapping[str, str | int] | None) -> str:
+        """The full URL a request went to, as an error may show it: without credentials (the
+        config refuses them in ``base_url``; a client built otherwise might have some), with its
+        query (page numbers, orders, filters: never a token, and scrubbed all the same)."""
+        parts = urlsplit(self._base_url + path)
+        host = parts.netloc.rpartition("@")[2]
+        query = urlencode({key: str(value) for key, value in (params or {}).items()})
+        return self._secrets.scrub(urlunsplit((parts.scheme, host, parts.path, query, "")))
+
     def _headers(self) -> dict[str, str]:
         return {
             "Authorization": f"Bearer {self._token.get_secret_value()}",
             "Accept": "application/json",
             "User-Agent": f"retention/{__version__}",
         }
+
+
+def _connection_problem(exc: aiohttp.ClientError) -> str:
+    """What went wrong with the connection, in words (the OS's, when it gave some)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        return f"cannot connect: {os.strerror(error.errno) if error.errno else error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientOSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__  # aiohttp's name says what (e.g. ClientPayloadError)
 
 
 class _DropWatch:

@@ -3,11 +3,13 @@
 They build nothing themselves: :mod:`retention.runtime` opens what they run on. The emulator
 and the demo are imported only by the commands that use them, so ``retention check`` stays
 light. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration (raised as
-:class:`retention.errors.ConfigError` for the CLI to report).
+:class:`retention.errors.ConfigError` for the CLI to report), 3 due conversations remain, 130
+interrupted (Ctrl-C; the CLI returns it).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -16,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+import shtab
 from rich.console import Console
 
 from retention import planfile, render, tracking
@@ -25,6 +28,7 @@ from retention.breaker import judge
 from retention.config import TOKEN_ENV, Settings
 from retention.errors import ConfigError, RetentionError
 from retention.lease import lease_scope
+from retention.logs import Event, JsonFormatter
 from retention.metrics import overdue_after
 from retention.models import SweepReport, TrackedConversation
 from retention.runtime import (
@@ -40,16 +44,38 @@ from retention.runtime import (
 )
 from retention.sweep import Progress
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REMAINING = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command Ctrl-C stopped
 
 
-def check(load: Callable[[], Settings], *, as_json: bool = False) -> int:
+def completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    """Print the completion script of ``parser``'s command line for ``shell`` on stdout."""
+    _short_descriptions(parser)
+    sys.stdout.write(shtab.complete(parser, shell=shell))
+    return EXIT_OK
+
+
+def _short_descriptions(parser: argparse.ArgumentParser) -> None:
+    """Describe each command by its one-line help: shtab shows a command's description in
+    zsh's menu, and ours are paragraphs (they are for ``--help``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._get_subactions():
+                sub = action.choices[choice.dest]
+                sub.description = choice.help
+                _short_descriptions(sub)
+
+
+def check(
+    load: Callable[[], Settings],
+    *,
+    as_json: bool = False,
+    tests: Callable[[Settings], dict[str, Any] | None] = lambda _settings: None,
+) -> int:
     """Validate and summarise a config: loading it (``load``) raises on any problem, and the
-    start-up checks are the ones ``run`` makes.
+    start-up checks are the ones ``run`` makes. ``tests`` runs the policy tests beside it
+    (``retention test``), when there are any: exit 1 when a case does not hold.
 
     With ``as_json`` a problem is a JSON document too (``ok: false`` and the error's file, key
     and message) on stdout, besides the usual line on stderr; exit 2 either way.
@@ -57,21 +83,30 @@ def check(load: Callable[[], Settings], *, as_json: bool = False) -> int:
     if not as_json:
         settings = load()
         preflight(settings)
+        ran = tests(settings)
         _check_text(settings)
         warnings = _check_warnings(settings)
+        if ran is not None:
+            for failure in ran["failures"]:
+                print(f"  FAIL {failure}")
+            verdict = f"{len(ran['failures'])} failed" if ran["failures"] else "ok"
+            print(f"  tests      {render.plural(ran['cases'], 'case')} ({ran['file']}): {verdict}")
     else:
         try:
             settings = load()
             preflight(settings)
+            ran = tests(settings)
         except ConfigError as exc:
             print(json.dumps(render.check_error_json(exc), indent=2))
             print(f"retention: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         warnings = _check_warnings(settings)
-        _print_json(render.check_json(settings, warnings=warnings), settings)
+        body = render.check_json(settings, warnings=warnings)
+        body["tests"] = ran
+        _print_json(body, settings)
     for warning in warnings:
         print(f"retention: warning: {warning}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_FAILURE if ran is not None and ran["failures"] else EXIT_OK
 
 
 def _check_warnings(settings: Settings) -> list[str]:
@@ -108,6 +143,34 @@ def _check_text(settings: Settings) -> None:
         print(f"    [{index}] {render.describe_hold(hold)}")
     if not rules.policies:
         print("  note: no policies, so nothing will ever be deleted")
+
+
+class _NoSweepSummary(logging.Filter):
+    """Drop the engine's summary of a sweep that ended well: the command prints that line on
+    stdout itself. A failed sweep's (an error) stays: nothing else says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.__dict__.get("event") == Event.SWEEP.value and record.levelno < logging.ERROR
+        )
+
+
+@contextmanager
+def summary_on_stdout(*, printed: bool) -> Iterator[None]:
+    """While a command runs that prints each sweep's summary line on stdout (``printed``),
+    the same line is not logged on stderr too, where a person reads the text log beside it.
+    JSON log lines keep it: there it is the ``sweep`` event scripts read."""
+    handlers = logging.getLogger().handlers
+    text_log = not any(isinstance(h.formatter, JsonFormatter) for h in handlers)
+    if not (printed and text_log):
+        yield
+        return
+    engine_log, quiet = logging.getLogger("retention.engine"), _NoSweepSummary()
+    engine_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        engine_log.removeFilter(quiet)
 
 
 @contextmanager
@@ -177,7 +240,7 @@ async def apply(settings: Settings, *, path: Path, max_age: timedelta) -> int:
         raise ConfigError(f"cannot read the plan: {exc.strerror}", source=str(path)) from None
     except ValueError as exc:
         raise ConfigError(str(exc), source=str(path)) from None
-    with terminal_progress() as progress:
+    with terminal_progress() as progress, summary_on_stdout(printed=True):
         async with open_runtime(
             settings, account=_plan_account(settings, plan, path), progress=progress, writer=True
         ) as runtime:
@@ -256,7 +319,7 @@ async def once(
     """
     names = _accounts(settings, account)
     reports: dict[str, SweepReport] = {}  # every sweep's report, a failed one's too
-    with terminal_progress() as progress:
+    with terminal_progress() as progress, summary_on_stdout(printed=not as_json):
         async with open_fleet(
             settings, accounts=names, dry_run=dry_run, progress=progress, writer=True
         ) as fleet:
@@ -342,7 +405,8 @@ def _once_result(report: SweepReport, left: int, *, cap: int | None) -> int:
     if left and not (cap is not None and report.due >= cap):
         why = "; ".join([*report.breaker, *([report.held_back] if report.held_back else [])])
         print(
-            f"retention: {left} due conversation(s) remain in account {report.account}"
+            f"retention: {render.plural(left, 'due conversation')} "
+            f"remain{'s' if left == 1 else ''} in account {report.account}"
             + (f": {why}" if why else ""),
             file=sys.stderr,
         )
@@ -355,7 +419,10 @@ async def approve(settings: Settings, *, agent_id: int | None, account: str | No
     async with open_store(settings, create=False) as store:
         approved = await store.for_account(name).approve(datetime.now(UTC), agent_id=agent_id)
     scope = f"agent {agent_id} of account {name}" if agent_id is not None else f"account {name}"
-    print(f"approved {approved} due conversation(s) in {scope} for deletion past the breaker")
+    print(
+        f"approved {render.plural(approved, 'due conversation')} in {scope} "
+        "for deletion past the breaker"
+    )
     return EXIT_OK
 
 
@@ -428,6 +495,7 @@ async def status(settings: Settings, *, account: str | None = None, as_json: boo
             agents = await store.all_agents()
             verdict = judge(await store.due_figures(now), breaker_limits(settings))
             sweeps = await journal.last_sweeps(5)
+            would_delete = await journal.would_delete(sweeps, now)
             lease = await root.lease(lease_scope(name))
             if as_json:
                 accounts.append(
@@ -439,13 +507,14 @@ async def status(settings: Settings, *, account: str | None = None, as_json: boo
                         sweeps=sweeps,
                         lease=lease,
                         now=now,
+                        would_delete=would_delete,
                     )
                 )
                 continue
             render.status_table(rows, agents, now=now, out=sys.stdout, account=name)
             for reason in verdict.reasons():
                 print(f"mass-deletion breaker in account {name}: {reason}", file=sys.stdout)
-            render.sweeps_lines(sweeps, out=sys.stdout)
+            render.sweeps_lines(sweeps, out=sys.stdout, would_delete=would_delete)
             render.lease_line(lease, now=now, out=sys.stdout)
     if as_json:
         _print_json(render.statuses_json(accounts, overdue_after=overdue, now=now), settings)

@@ -17,19 +17,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeAlias
 
 from rich.console import Console
-from rich.table import Table
 
 from retention.config import load_config
 from retention.emulator import (
     DEFAULT_TOKEN,
     HELD_SAMPLE_SESSION,
+    EmuConversation,
     Emulator,
     EmulatorState,
     sample_state,
 )
-from retention.models import AuditOutcome, AuditRecord, State, TrackedConversation
+from retention.models import (
+    TERMINAL_STATES,
+    AuditOutcome,
+    AuditRecord,
+    State,
+    TrackedConversation,
+)
+from retention.render import plural, titled
 from retention.runtime import open_runtime, run_daemon
 from retention.timefmt import format_duration
 
@@ -113,7 +121,9 @@ async def run_demo(
     now = datetime.now(UTC)
     emulator = Emulator(demo_state(now))
     with _folder(keep) as base:
-        (base / "token").write_text(DEFAULT_TOKEN, encoding="utf-8")
+        token = base / "token"
+        token.write_text(DEFAULT_TOKEN, encoding="utf-8")
+        token.chmod(0o600)  # a token file, even the emulator's: readable by its owner only
         async with emulator.serve() as url:
             config = base / "retention.toml"
             text = CONFIG.format(
@@ -154,7 +164,7 @@ def _folder(keep: Path | None) -> Iterator[Path]:
     """Where the demo's config and store go: ``keep`` (made if missing), or a temporary folder."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        yield keep
+        yield keep.resolve()  # the config names its files absolutely: run from anywhere
         return
     with tempfile.TemporaryDirectory(prefix="retention-demo-") as folder:
         yield Path(folder)
@@ -170,7 +180,7 @@ def _report(
     now = datetime.now(UTC)
     deleted = [a for a in trail if a.outcome is AuditOutcome.DELETED]
     console.print()
-    table = Table(title=f"Deleted: {len(deleted)} conversations", title_justify="left")
+    table = titled(f"Deleted: {plural(len(deleted), 'conversation')}")
     for header in ("rule", "deleted", "for example", "age at deletion"):
         table.add_column(header)
     by_rule = Counter(a.rule for a in deleted)
@@ -179,35 +189,67 @@ def _report(
         table.add_row(str(rule), str(count), repr(example.name), format_duration(example.age))
     console.print(table)
 
-    kept = Table(title="Kept, and why", title_justify="left")
+    left = emulator.state.count()
+    kept = titled(f"Kept, and why: the {plural(left, 'conversation')} still on the emulator")
     for header in ("why", "conversations", "for example"):
         kept.add_column(header)
-    live = [c for c in tracked if c.state in (State.ACTIVE, State.HELD)]
-    groups: dict[str, list[TrackedConversation]] = {}
-    for c in live:
-        if c.state is State.HELD:
-            key = f"held by {c.rule!r}"
-        elif c.rule is None:
-            key = "no policy matches"
-        else:
-            key = f"not yet due under {c.rule!r}"
-        groups.setdefault(key, []).append(c)
+    groups = _kept_groups(tracked, emulator, now)
     for key, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        sample = min(members, key=lambda c: c.due_at or now)
-        hint = repr(sample.name)
-        if sample.due_at is not None and sample.due_at <= now:
-            hint += ", due now: the next deletion sweep takes it"
-        elif sample.due_at is not None:
-            hint += f", due in {format_duration(sample.due_at - now)}"
-        kept.add_row(key, str(len(members)), hint)
+        kept.add_row(key, str(len(members)), _hint(key, members, now))
     console.print(kept)
     total_calls = sum(calls.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
     console.print(
-        f"API calls: {total_calls} ({detail}). Still on the emulator: {emulator.state.count()}.\n"
+        f"API calls: {total_calls} ({detail}). Still on the emulator: {left}.\n"
         "Every deletion has an audit row (rule, age, outcome); `retention plan` shows what "
         "would go next, and `retention emulate` serves this API for your own tests."
     )
+
+
+NOT_SEEN = "arrived after the last discovery"
+Kept: TypeAlias = TrackedConversation | EmuConversation  # seen by the daemon, or not yet
+
+
+def _kept_groups(
+    tracked: Sequence[TrackedConversation], emulator: Emulator, now: datetime
+) -> dict[str, list[Kept]]:
+    """Every conversation still on the emulator, by why it is there: so the rows add up to
+    what is left, including the arrivals no walk has seen yet."""
+    known = {c.session_id: c for c in tracked}
+    groups: dict[str, list[Kept]] = {}
+    for agent in emulator.state.agents.values():
+        for remote in agent.conversations.values():
+            c = known.get(remote.session_id)
+            if c is None:
+                key = NOT_SEEN
+            elif c.state is State.HELD:
+                key = f"held by {c.rule!r}"
+            elif c.state is State.DELETING:
+                key = "left mid-delete"
+            elif c.state in TERMINAL_STATES:
+                key = "recorded deleted, still listed"
+            elif c.rule is None or c.due_at is None:
+                key = "no policy matches"
+            elif c.due_at <= now:
+                key = f"due under {c.rule!r}"
+            else:
+                key = f"not yet due under {c.rule!r}"
+            groups.setdefault(key, []).append(c if c is not None else remote)
+    return groups
+
+
+def _hint(key: str, members: Sequence[Kept], now: datetime) -> str:
+    """An example of the group, and when the soonest of it is due (or since when)."""
+    if key == NOT_SEEN:
+        return f"{members[0].name!r}: the daemon's next walk finds it"
+    records = [m for m in members if isinstance(m, TrackedConversation)]
+    sample = min(records, key=lambda c: c.due_at or now)
+    hint = repr(sample.name)
+    if sample.due_at is not None and sample.due_at <= now:
+        hint += f", due since {format_duration(now - sample.due_at)}: the next deletion sweep"
+    elif sample.due_at is not None:
+        hint += f", due in {format_duration(sample.due_at - now)}"
+    return hint
 
 
 def main(seconds: float, *, keep: Path | None = None) -> int:

@@ -21,10 +21,19 @@ from retention.deletion import delete_due, delete_these, refresh_if_stale
 from retention.discovery import discover_all
 from retention.errors import ApiError, AuthError, NotFoundError, StoreError
 from retention.freshness import walk_where_cheaper
+from retention.impact import Impact, Outcome
 from retention.logs import ACCOUNT, SWEEP_COUNTERS, Event, fields
-from retention.models import DEFAULT_ACCOUNT, PlanItem, State, SweepReport, TrackedConversation
+from retention.models import (
+    DEFAULT_ACCOUNT,
+    TTL_RULE,
+    AgeFrom,
+    PlanItem,
+    State,
+    SweepReport,
+    TrackedConversation,
+)
 from retention.policy import Rules, explain
-from retention.redecision import DecisionRow, redecide
+from retention.redecision import DecisionRow, StoredDecision, redecide
 from retention.sweep import Api, EngineOptions, Progress, Repository, Sweep
 
 logger = logging.getLogger(__name__)
@@ -95,6 +104,8 @@ class Engine:
             api, store, rules, options=options, clock=clock, progress=progress
         )
         self.listeners: list[Callable[[SweepReport], None]] = []  # told of every sweep's end
+        # What the last re-evaluation under changed rules did (newly due, held, ...), or None.
+        self.last_impact: Impact | None = None
         self._rules_lock = asyncio.Lock()
 
     @property
@@ -152,6 +163,8 @@ class Engine:
         # A conversation left mid-delete keeps its state (the deletion decides it again before
         # it acts), but a change that makes it newly due holds it back too.
         changed = waiting = 0
+        impact = Impact(self.account, now)  # what the change does: a reload's summary
+        self.last_impact = None
         hold_back = grace_until if previous is not None and grace else None
         batches = self.store.decision_batches(REEVALUATE_BATCH)
         decide, everywhere = context.rules.decide, context.options.dry_run
@@ -173,6 +186,7 @@ class Engine:
                     waiting += waits
                     if after != row.stored:
                         writes.append((row, after))
+                        impact.add(row.facts, _outcome(row.stored), _outcome(after))
                 # The next batch is read and this one written (in the driver's threads) while
                 # the next is decided: the two cores share the work.
                 if saving is not None:
@@ -193,18 +207,31 @@ class Engine:
             await batches.aclose()
         context.still_the_writer()
         await self.store.set_meta(self._meta_key(RULES_KEY), fingerprint)
+        # Only the dry-run flag moved (`once --dry-run`, then `once`): the rules did not.
+        flag_only = previous == context.rules.fingerprint(dry_run=not everywhere)
+        self.last_impact = impact
         if changed:
             await self.store.checkpoint()
-            logger.info(
-                "rules changed: %d decisions changed and were written",
-                changed,
-                extra=fields(Event.RULES_CHANGED, changed=changed),
-            )
+            decisions = f"{changed} decision{'s' if changed != 1 else ''}"
+            if flag_only:
+                logger.info(
+                    "dry-run turned %s (the rules are unchanged): %s updated (dry-run notes "
+                    "dropped: those conversations are deleted when due)",
+                    "on" if everywhere else "off",
+                    decisions,
+                    extra=fields(Event.RULES_CHANGED, changed=changed, cause="dry_run"),
+                )
+            else:
+                logger.info(
+                    "rules changed: %s changed and written",
+                    decisions,
+                    extra=fields(Event.RULES_CHANGED, changed=changed, cause="rules"),
+                )
         if waiting:
             logger.warning(
-                "rules changed: %d conversations newly due wait out the policy change grace "
-                "until %s",
-                waiting,
+                "rules changed: %s newly due wait%s out the policy change grace until %s",
+                f"{waiting} conversation{'s' if waiting != 1 else ''}",
+                "s" if waiting == 1 else "",
                 grace_until.isoformat(timespec="seconds"),
                 extra=fields(Event.GRACE, count=waiting, grace_until=grace_until),
             )
@@ -345,6 +372,7 @@ class Engine:
         if current.due_at is None or current.due_at > now or current.state is State.HELD:
             return None
         waiting = current.grace_until if current.grace_until and current.grace_until > now else None
+        age_from, started = _clock_of(current)
         return PlanItem(
             account=self.account,
             agent_id=current.agent_id,
@@ -352,7 +380,9 @@ class Engine:
             name=current.name,
             rule=current.rule,
             due_at=current.due_at,
-            age=now - current.created_at,
+            age=now - started,
+            age_from=age_from,
+            basis=current.reason or "",
             reason=explain(current.reason, current.due_at, now),
             dry_run=self.context.dry_run(current),
             state=current.state,
@@ -360,3 +390,24 @@ class Engine:
             retry_at=current.retry_at if current.retry_at and current.retry_at > now else None,
             unconfirmed=bool(self.context.stale_facts(current, now)),
         )
+
+
+def _clock_of(current: TrackedConversation) -> tuple[str, datetime]:
+    """The clock the deciding rule measures age on, and when it started: the start
+    :func:`retention.policy.decide` adds ``max_age`` (or the TTL) to. A plan shows the age on
+    it, as the deletion's log line does ("max_age 30d from last activity; due since 2h")."""
+    if current.rule == TTL_RULE and current.ttl is not None:
+        return TTL_RULE, current.ttl_from or current.created_at
+    if current.age_from is AgeFrom.UPDATED:
+        return AgeFrom.UPDATED.value, current.updated_at
+    if current.age_from is AgeFrom.LAST_ACTIVITY:
+        if current.last_activity_at is not None:
+            return AgeFrom.LAST_ACTIVITY.value, max(current.last_activity_at, current.created_at)
+        # Newest message not known yet: no earlier than creation or a rename (unconfirmed).
+        return AgeFrom.LAST_ACTIVITY.value, max(current.created_at, current.updated_at)
+    return AgeFrom.CREATED.value, current.created_at
+
+
+def _outcome(stored: StoredDecision) -> Outcome:
+    """A stored decision as :mod:`retention.impact` compares them."""
+    return Outcome(stored.state is State.HELD, stored.rule, stored.due_at, stored.provisional)

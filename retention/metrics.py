@@ -12,6 +12,7 @@ import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import (
     PROCESS_COLLECTOR,
@@ -32,6 +33,7 @@ from retention import __version__
 from retention.budget import CallStats, RequestBudget
 from retention.chain import Head, Verdict
 from retention.clocks import ClockReading
+from retention.impact import KINDS as IMPACT_KINDS
 from retention.models import DEFAULT_ACCOUNT, AgentStatus, SweepReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -203,6 +205,13 @@ class Metrics:
         )
         for result in ("ok", "rejected"):
             self.reloads.labels(result)
+        self.reload_changes = Counter(
+            "retention_reload_changes",
+            "What accepted reloads did to the conversations the store knows, by change "
+            "(newly_due_now, newly_held, no_longer_held, ...; `retention diff` names them)",
+            ["account", "change"],
+            registry=r,
+        )
         self.last_reload = Gauge(
             "retention_last_successful_reload_timestamp_seconds",
             "When the rules in force were last put in force, at start or by a reload (Unix time)",
@@ -259,6 +268,8 @@ class Metrics:
                 self.sweeps.labels(name, kind, result)
         self.unverified.labels(name)
         self.chain_length.labels(name)
+        for change in IMPACT_KINDS:
+            self.reload_changes.labels(name, change)
 
     def observe_reload(self, ok: bool, at: datetime) -> None:
         """A reload's result; an accepted one is the time the rules in force date from."""
@@ -297,6 +308,13 @@ class Metrics:
                 self.overdue.labels(account, agent).set(row.overdue)
                 self.held.labels(account, agent).set(row.held)
                 self.grace.labels(account, agent).set(row.grace)
+
+    def observe_reload_impact(self, last: Mapping[str, Any] | None) -> None:
+        """An accepted reload's changes per account (ConfigWatcher.last)."""
+        for account in (last or {}).get("accounts", []):
+            for change, count in account["totals"].items():
+                if count:
+                    self.reload_changes.labels(account["account"], change).inc(count)
 
     def observe_chain(self, verdict: Verdict, at: datetime) -> None:
         """A walk of one account's audit chain (:mod:`retention.auditwatch`)."""

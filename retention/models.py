@@ -266,7 +266,7 @@ class PlanItem:
     name: str
     rule: str | None
     due_at: datetime
-    age: timedelta
+    age: timedelta  # on the deciding rule's clock (``age_from``), as the due time is
     reason: str
     dry_run: bool
     state: State
@@ -275,6 +275,9 @@ class PlanItem:
     unconfirmed: bool = False  # rests on facts not read again lately (a name, a message)
     held_by_breaker: bool = False  # the mass-deletion breaker stops it until approved
     account: str = DEFAULT_ACCOUNT  # the CustomGPT account it belongs to
+    # The clock ``age`` runs on: an AgeFrom value, or "ttl" (its own TTL, from when it was set).
+    age_from: str = AgeFrom.CREATED.value
+    basis: str = ""  # what decided, without the time: "policy 'qa': max_age 1h from created"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from retention.clocks import utc_now
 from retention.config import Settings, load_config
 from retention.engine import Engine
 from retention.errors import ConfigError, LeaseLost, StoreError
-from retention.logs import Event, fields
+from retention.impact import KINDS, Impact
+from retention.logs import Event, fields, utc_text
+from retention.render import plural
 
 logger = logging.getLogger(__name__)
 RESTART_SECTIONS = ("api", "accounts", "store", "schedule", "admin", "log")
@@ -46,6 +51,9 @@ class ConfigWatcher:
         self._lock = asyncio.Lock()
         # Told of every reload's result (True: the new rules are in force): the metrics.
         self.listeners: list[Callable[[bool], None]] = []
+        # The last accepted reload: when, why, and what it did per account (impact.as_json);
+        # GET /v1/reloads/last serves it.
+        self.last: dict[str, Any] | None = None
 
     async def reload(self, why: str = "SIGHUP") -> bool:
         """Load the settled file; put its rules in force when valid. True when they were."""
@@ -113,12 +121,15 @@ class ConfigWatcher:
                 engine.context.rules = rules.for_account(engine.account)
             self.settings = fresh
             reevaluated = 0
+            impacts: list[Impact] = []
             for engine in self.engines:
                 lease = engine.context.lease
                 if lease is not None and not lease.valid():
                     continue  # a replica's: the replica that holds the account re-evaluates it
                 try:
                     reevaluated += await engine.apply_rules()
+                    if engine.last_impact is not None:
+                        impacts.append(engine.last_impact)
                 except (StoreError, LeaseLost) as exc:
                     # The rules are in force; this account's store was not re-evaluated under
                     # them. Every sweep re-evaluates first (the stored fingerprint still
@@ -137,13 +148,20 @@ class ConfigWatcher:
                             error=str(exc),
                         ),
                     )
+            totals: Counter[str] = Counter()
+            for impact in impacts:
+                totals.update(impact.totals())
+            summary = "; ".join(
+                f"{i.account}: {i.summary()}" if len(self.engines) > 1 else i.summary()
+                for i in impacts
+            )
             logger.info(
-                "config reload (%s): %d policies and %d holds in force; %d conversations "
-                "re-evaluated",
+                "config reload (%s): %s and %s in force; %s changed%s",
                 why,
-                len(rules.policies),
-                len(rules.holds),
-                reevaluated,
+                plural(len(rules.policies), "policy", "policies"),
+                plural(len(rules.holds), "hold"),
+                plural(reevaluated, "decision"),
+                f": {summary}" if summary else "",
                 extra=fields(
                     Event.RELOAD,
                     outcome="accepted",
@@ -151,8 +169,18 @@ class ConfigWatcher:
                     policies=len(rules.policies),
                     holds=len(rules.holds),
                     reevaluated=reevaluated,
+                    impact={kind: totals[kind] for kind in KINDS},
                 ),
             )
+            self.last = {
+                "at": utc_text(utc_now()),
+                "trigger": why,
+                "policies": len(rules.policies),
+                "holds": len(rules.holds),
+                "decisions_changed": reevaluated,
+                "totals": {kind: totals[kind] for kind in KINDS},
+                "accounts": [i.as_json() for i in impacts],
+            }
             return True
 
     async def watch(self) -> None:

@@ -8,6 +8,7 @@ read them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TextIO
@@ -39,6 +40,26 @@ def stamp(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 hold``, ``2 holds``; ``many`` where adding an s will not do (``policies``)."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def titled(title: str) -> Table:
+    """A table whose title sits at its left, unpadded: rich pads a left-justified title with
+    spaces to the table's width, which leaves trailing spaces in every copy and log."""
+    return Table(title=title, title_justify="default")
+
+
+# How a plan names the clock an age runs on (``PlanItem.age_from``).
+CLOCK_WORDS = {
+    "created": "since created",
+    "updated": "since updated",
+    "last_activity": "since last activity",
+    "ttl": "since its TTL was set",
+}
+
+
 def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) -> dict[str, Any]:
     return {
         "generated_at": now.isoformat(),
@@ -53,6 +74,8 @@ def plan_json(items: Sequence[PlanItem], report: SweepReport, *, now: datetime) 
                 "due_at": item.due_at.isoformat(),
                 "age_seconds": int(item.age.total_seconds()),
                 "age": format_duration(item.age),
+                "age_from": item.age_from,
+                "overdue_seconds": max(0, int((now - item.due_at).total_seconds())),
                 "reason": item.reason,
                 "dry_run": item.dry_run,
                 "state": item.state.value,
@@ -114,40 +137,54 @@ def _console(out: TextIO) -> Console:
 
 
 def plan_table(items: Sequence[PlanItem], *, now: datetime, out: TextIO) -> None:
+    """The due conversations, most overdue first: each one's age on the clock its rule
+    measures (created, updated, last activity, its TTL), and a note on what decides it and
+    what may still hold it back."""
     console = _console(out)
     if not items:
         console.print("Nothing is due.")
         return
-    table = Table(title=f"{len(items)} conversation(s) due at {stamp(now)}", title_justify="left")
+    table = titled(f"{plural(len(items), 'conversation')} due at {stamp(now)}")
     # The account column once there is more than the one account of a config without them.
     several = any(item.account != DEFAULT_ACCOUNT for item in items)
     headers = ("account",) * several + ("agent", "session_id", "name", "age", "rule")
     for header in (*headers, "due since", "note"):
-        table.add_column(header, no_wrap=header in ("session_id", "due since", "age"))
-    for item in items:
-        notes = []
-        if item.grace_until is not None:
-            notes.append(f"waits for grace until {stamp(item.grace_until)}")
-        if item.dry_run:
-            notes.append("dry-run")
-        if item.state.value == "deleting":
-            notes.append("left mid-delete: retried next")
-        if item.retry_at is not None:
-            notes.append(f"a DELETE failed; next attempt {stamp(item.retry_at)}")
-        if item.held_by_breaker:
-            notes.append("held by the breaker: approve to delete")
-        note = ", ".join(notes)
+        table.add_column(header, no_wrap=header in ("session_id", "due since"))
+    ordered = sorted(items, key=lambda i: (i.due_at, i.account, i.agent_id, i.session_id))
+    for item in ordered:
+        clock = CLOCK_WORDS.get(item.age_from, f"since {item.age_from}")
         table.add_row(
             *(item.account,) * several,
             str(item.agent_id),
             item.session_id,
             item.name,
-            format_duration(item.age),
+            f"{format_duration(item.age)} {clock}",
             item.rule or "-",
             format_duration(now - item.due_at),
-            note,
+            "; ".join(plan_notes(item)),
         )
     console.print(table)
+
+
+def plan_notes(item: PlanItem) -> list[str]:
+    """Why a planned conversation is due, and what may hold it back or change the plan."""
+    notes = []
+    if item.basis:
+        # The rule is a column of its own: say what it measures.
+        notes.append(item.basis.removeprefix(f"policy {item.rule!r}: "))
+    if item.held_by_breaker:
+        notes.append("needs approval (breaker): `retention approve`")
+    if item.grace_until is not None:
+        notes.append(f"in grace until {stamp(item.grace_until)}")
+    if item.unconfirmed:
+        notes.append("unconfirmed: facts will be re-read before deleting")
+    if item.retry_at is not None:
+        notes.append(f"a DELETE failed; next attempt {stamp(item.retry_at)}")
+    if item.state.value == "deleting":
+        notes.append("left mid-delete: retried next")
+    if item.dry_run:
+        notes.append("dry-run: audited, not deleted")
+    return notes
 
 
 def status_table(
@@ -159,7 +196,7 @@ def status_table(
     account: str = DEFAULT_ACCOUNT,
 ) -> None:
     console = _console(out)
-    table = Table(title=f"account {account}: store at {stamp(now)}", title_justify="left")
+    table = titled(f"account {account}: store at {stamp(now)}")
     headers = ("agent", "tracked", "due", "overdue", "held", "deleted 24h", "in grace", "platform")
     for header in headers:
         table.add_column(header, justify="right" if header != "platform" else "left")
@@ -186,6 +223,7 @@ def status_json(
     sweeps: Sequence[SweepRecord],
     lease: Lease | None,
     now: datetime,
+    would_delete: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """One account's part of ``status --json``: what :func:`status_table`, the breaker lines,
     :func:`sweeps_lines` and :func:`lease_line` print."""
@@ -215,7 +253,10 @@ def status_json(
             ],
             "reasons": verdict.reasons(),
         },
-        "last_sweeps": [sweep_json(sweep) for sweep in sweeps],
+        "last_sweeps": [
+            sweep_json(sweep, would_delete=(would_delete or {}).get(sweep.id, 0))
+            for sweep in sweeps
+        ],
         "lease": lease_json(lease, now=now),
     }
 
@@ -232,8 +273,9 @@ def statuses_json(
     }
 
 
-def sweep_json(sweep: SweepRecord) -> dict[str, Any]:
-    """A sweep as the store's sweep log keeps it (newest first in ``last_sweeps``)."""
+def sweep_json(sweep: SweepRecord, *, would_delete: int = 0) -> dict[str, Any]:
+    """A sweep as the store's sweep log keeps it (newest first in ``last_sweeps``), with what
+    it would have deleted (its dry-run audit rows)."""
     seconds = (sweep.finished_at - sweep.started_at).total_seconds() if sweep.finished_at else None
     return {
         "id": sweep.id,
@@ -249,10 +291,33 @@ def sweep_json(sweep: SweepRecord) -> dict[str, Any]:
         "deleted": sweep.deleted,
         "already_gone": sweep.already_gone,
         "failed": sweep.failed,
+        "would_delete": would_delete,
         "api_calls": sweep.api_calls,
         "api_calls_by_kind": dict(sorted(sweep.calls_by_kind.items())),
-        "error": sweep.error,
+        "error": error_text(sweep.error),
     }
+
+
+# What a sweep's stored error says when the exception had no message of its own.
+_BARE_ERRORS = {
+    "CancelledError": "cancelled (stopped or interrupted)",
+    "KeyboardInterrupt": "interrupted",
+    "TimeoutError": "timed out",
+    "LeaseLost": "this process lost the account's lease",
+}
+_CLASS_PREFIX = re.compile(
+    r"^(?:[A-Za-z_][\w]*\.)*[A-Z][A-Za-z0-9]*(?:Error|Exception|Lost|Limited): "
+)
+
+
+def error_text(stored: str | None) -> str | None:
+    """A sweep's error as people read it: the message, without the Python class name the sweep
+    log stores in front of it (``TransientApiError: list_agents: GET /projects: ...``)."""
+    if stored is None:
+        return None
+    if stored in _BARE_ERRORS:
+        return _BARE_ERRORS[stored]
+    return _CLASS_PREFIX.sub("", stored, count=1)
 
 
 _LEASE_KEYS = ("holder", "token", "acquired_at", "expires_at")
@@ -468,20 +533,28 @@ def lease_line(lease: Lease | None, *, now: datetime, out: TextIO) -> None:
         print(f"lease: held by {lease.holder} until {stamp(lease.expires_at)}", file=out)
 
 
-def sweeps_lines(sweeps: Sequence[SweepRecord], *, out: TextIO) -> None:
-    """The last sweeps, newest first, one line each."""
+def sweeps_lines(
+    sweeps: Sequence[SweepRecord], *, out: TextIO, would_delete: Mapping[int, int] | None = None
+) -> None:
+    """The last sweeps, newest first, one line each. A dry-run sweep says so, and what it
+    would have deleted (``would_delete``: by sweep id) instead of the deletions it never made."""
     if not sweeps:
         print("no sweep yet", file=out)
         return
     print("last sweeps:", file=out)
     for sweep in sweeps:
         result = {True: "ok", False: "FAILED", None: "running"}[sweep.ok]
+        would = (would_delete or {}).get(sweep.id, 0)
+        if sweep.dry_run:
+            done = f"dry-run would_delete={would}"
+        else:
+            done = f"deleted={sweep.deleted}" + (f" would_delete={would}" if would else "")
         line = (
             f"  {stamp(sweep.started_at)} {sweep.kind:<8} {result:<7} "
-            f"deleted={sweep.deleted} failed={sweep.failed} api_calls={sweep.api_calls}"
+            f"{done} failed={sweep.failed} api_calls={sweep.api_calls}"
         )
         if sweep.error:
-            line += f" error={sweep.error}"
+            line += f" error: {error_text(sweep.error)}"
         print(line, file=out)
 
 
@@ -566,7 +639,7 @@ def describe_policy(policy: Policy) -> str:
 def describe_hold(hold: Hold) -> str:
     bits = [f"{hold.name!r}: {_agents_text(hold.agents)}"]
     if hold.session_ids:
-        bits.append(f"{len(hold.session_ids)} session id(s)")
+        bits.append(plural(len(hold.session_ids), "session id"))
     if names := _names_text(hold.name_matches, hold.name_regex):
         bits.append(names)
     return ", ".join(bits)

@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from retention.breaker import Limits
 from retention.budget import RequestBudget
+from retention.chain import Verdict
 from retention.client import CustomGPTClient
 from retention.clocks import utc_now
 from retention.config import ENV_PREFIX, TOKEN_ENV, Account, Settings, check_admin_listen
@@ -385,6 +387,7 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
     from retention.metrics import Metrics, overdue_after
     from retention.reload import ConfigWatcher
     from retention.report import default_overdue_after
+    from retention.sdnotify import Notifier
 
     runtimes = list(fleet) if isinstance(fleet, Fleet) else [fleet]
     settings, stack = fleet.settings, fleet.stack
@@ -404,12 +407,22 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
     watcher = ConfigWatcher(Path(settings.source), engines, settings)
     metrics.last_reload.set(utc_now().timestamp())  # the rules in force date from the start
     watcher.listeners.append(lambda ok: metrics.observe_reload(ok, utc_now()))
+    watcher.listeners.append(lambda ok: metrics.observe_reload_impact(watcher.last if ok else None))
     daemon = Daemon(
         engines,
         discover=Cadence(schedule.discover_every, schedule.discover_cron),
         delete=Cadence(schedule.delete_every, schedule.delete_cron),
         on_reload=watcher.reload,
+        # systemd's $NOTIFY_SOCKET (Type=notify), if any; the demo (run_for) is no service
+        notifier=Notifier.from_env() if run_for is None else None,
     )
+    verdicts: dict[str, tuple[Verdict, datetime]] = {}  # GET /report serves these
+
+    def walked(verdict: Verdict) -> None:
+        at = utc_now()
+        metrics.observe_chain(verdict, at)
+        verdicts[verdict.account] = (verdict, at)
+
     if settings.admin.listen:
         context = AdminContext(
             engines={r.account: r.engine for r in runtimes},
@@ -420,6 +433,8 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
             ready_after_failing=settings.admin.ready_after_failing,
             overdue_after=overdue_after(schedule.delete_every),
             report_overdue_after=default_overdue_after(schedule.delete_every),
+            chain_verdicts=verdicts,
+            last_reload=lambda: watcher.last,
         )
         await stack.enter_async_context(web.serve(context, settings.admin.listen))
     if schedule.watch_config:
@@ -429,9 +444,7 @@ async def run_daemon(fleet: Fleet | Runtime, *, run_for: float | None = None) ->
     chains = [
         Watched(r.store, r.lease.valid if r.lease is not None else lambda: True) for r in runtimes
     ]
-    auditing = asyncio.create_task(
-        watch_chains(chains, lambda verdict: metrics.observe_chain(verdict, utc_now()))
-    )
+    auditing = asyncio.create_task(watch_chains(chains, walked))
     stack.callback(auditing.cancel)
     replicas = fleet.replicas if isinstance(fleet, Fleet) else None
     if replicas is not None:  # a replica: its leases come and go; losing one stops nothing

@@ -14,11 +14,30 @@ from datetime import timedelta
 from retention.models import Conversation, Origin, State, TrackedConversation
 from retention.sweep import Sweep
 
+NAME_MAX = 255  # the longest name create accepts (the admin API's limit too)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a new conversation, or None. The CLI's ``create --name`` and
+    the admin API's ``POST /v1/conversations`` both ask this, so they refuse the same names:
+    an empty or blank one (the CustomGPT API would name it "New conversation") or one too long.
+    """
+    if not name.strip():
+        return "must not be empty or only spaces"
+    if len(name) > NAME_MAX:
+        return f"at most {NAME_MAX} characters"
+    return None
+
 
 async def create(
     sweep: Sweep, *, agent_id: int, name: str, ttl: timedelta | None
 ) -> TrackedConversation:
-    """Create a conversation through the API and track it (with ``ttl``, if given)."""
+    """Create a conversation through the API and track it (with ``ttl``, if given).
+
+    A name :func:`name_problem` refuses is a ValueError: the surfaces check it first.
+    """
+    if (problem := name_problem(name)) is not None:
+        raise ValueError(f"name: {problem}")
     remote = await sweep.api.create_conversation(agent_id, name)
     return await _keep(sweep, remote, origin=Origin.CREATED, ttl=ttl)
 

@@ -6,6 +6,7 @@ for every account the daemon serves.
     GET  /metrics                             Prometheus text (every account's figures)
     GET  /v1/plan[?account=NAME]              the due set, from the store (no API call)
     GET  /report[?account=&since=&format=json] the report page of ``retention report --html``
+    GET  /v1/reloads/last                     the last accepted reload and what it changed
     GET  /v1/conversations/{agent}/{session}  facts, decision, audit rows (the only account,
                                               or the ``default`` one)
     GET  /v1/accounts/{account}/conversations/{agent}/{session}   the same, in that account
@@ -55,6 +56,7 @@ from retention.models import DEFAULT_ACCOUNT, TrackedConversation
 from retention.report import Source, build
 from retention.reportpage import page
 from retention.schema import REVISION
+from retention.trace import trace
 from retention.validation import first_error, problem_text
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ def build_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/plan", _plan)
+    app.router.add_get("/v1/reloads/last", _last_reload)
     app.router.add_get("/report", _report)
     app.router.add_get("/v1" + WHY, _why)
     app.router.add_get("/v1/accounts/{account}" + WHY, _why)
@@ -232,6 +235,12 @@ async def _plan(request: web.Request) -> web.StreamResponse:
     return web.json_response(render.plans_json(plans, now=now))
 
 
+async def _last_reload(request: web.Request) -> web.StreamResponse:
+    """The last accepted reload, when, why, and what it did per account (``retention diff``'s
+    counts and examples): ``{"reload": null}`` before the first."""
+    return web.json_response({"reload": request.app[CONTEXT].last_reload()})
+
+
 async def _report(request: web.Request) -> web.StreamResponse:
     """The report page of ``retention report --html`` (``?format=json``: its document), for
     every account or ``?account=NAME``, over ``?since=`` (default 30d), overdue after
@@ -249,7 +258,10 @@ async def _report(request: web.Request) -> web.StreamResponse:
         overdue_after = ctx.report_overdue_after if overdue is None else to_duration(overdue)
     except ValueError as exc:
         return fail(400, str(exc), field="since/overdue_after")
-    sources = [Source(ctx.store_of(e), e.rules, e.options.breaker) for e in engines]
+    sources = [  # the chains as the daemon last walked them: a request walks none
+        Source(ctx.store_of(e), e.rules, e.options.breaker, ctx.chain_verdicts.get(e.account))
+        for e in engines
+    ]
     doc = await build(sources, now=ctx.clock(), period=period, overdue_after=overdue_after)
     if request.query.get("format") == "json":
         return web.json_response(doc)
@@ -287,6 +299,9 @@ async def _why(request: web.Request) -> web.StreamResponse:
     trail = await store.journal.audit_trail(agent_id, session_id)
     body = _named(engine, render.record_json(record, now=engine.clock()))
     body["audit"] = [render.audit_json(a) for a in trail]
+    # Every hold, the own TTL and every policy as `retention explain` weighs them, on the facts
+    # the store holds, under the rules in force now.
+    body["trace"] = trace(record.facts(), engine.rules, engine.clock()).as_json(engine.clock())
     return web.json_response(body)
 
 

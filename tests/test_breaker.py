@@ -124,7 +124,7 @@ async def test_once_stopped_by_the_breaker_exits_3_and_says_how_many_remain(
     assert await cli("once", "--config", config) == 3
     err = capsys.readouterr().err
     assert (
-        "45 due conversation(s) remain in account default: 45 conversations due and not approved"
+        "45 due conversations remain in account default: 45 conversations due and not approved"
         in err
     )
     assert emulator.calls("DELETE") == []
@@ -144,7 +144,7 @@ async def test_plan_status_and_approve_then_once_finishes_the_whole_set(
         "mass-deletion breaker in account default: 45 conversations due" in capsys.readouterr().out
     )
     assert await cli("approve", "--config", config) == 0
-    assert "approved 45 due conversation(s) in account default" in capsys.readouterr().out
+    assert "approved 45 due conversations in account default" in capsys.readouterr().out
     assert await cli("once", "--config", config) == 0
     assert len(emulator.calls("DELETE")) == 45 and emulator.live_sessions(532) == set()
 

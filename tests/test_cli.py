@@ -162,3 +162,110 @@ async def test_emulate_refuses_a_bad_seed_with_exit_2(tmp_path: Path) -> None:
     code, _, err = await _run("emulate", "--seed", str(tmp_path / "missing.toml"))
     assert code == 2
     assert f"{tmp_path / 'missing.toml'}: file not found" in err
+
+
+# ---- --config before or after the command; the top-level help; Ctrl-C ----------------------
+
+
+def test_config_is_accepted_before_the_command_as_after_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check", "--config", EXAMPLE]) == 0
+    after = capsys.readouterr()
+    assert main(["--config", EXAMPLE, "check"]) == 0
+    before = capsys.readouterr()
+    assert (before.out, before.err) == (after.out, after.err)
+    # The same file in both places is no conflict.
+    assert main(["--config", EXAMPLE, "check", "--config", EXAMPLE]) == 0
+
+
+def test_config_before_the_command_beats_retention_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETENTION_CONFIG", str(tmp_path / "missing.toml"))
+    assert main(["--config", EXAMPLE, "check"]) == 0
+    assert f"{EXAMPLE}: ok" in capsys.readouterr().out
+
+
+def test_two_different_configs_are_a_usage_error_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text((REPO / "config.example.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(SystemExit) as caught:
+        main(["--config", EXAMPLE, "once", "--config", str(other)])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and EXAMPLE in err and str(other) in err
+
+
+def test_config_before_a_command_that_takes_none_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--config", EXAMPLE, "demo"])
+    assert caught.value.code == 2
+    assert "demo takes no --config" in capsys.readouterr().err
+
+
+def test_the_top_level_help_lists_exit_codes_and_environment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for code, meaning in [
+        ("0", "ok"),
+        ("1", "runtime failure"),
+        ("2", "bad usage or configuration"),
+        ("3", "due conversations remain"),
+        ("130", "interrupted"),
+    ]:
+        assert f"{code} {meaning}" in text, code
+    for name in (
+        "RETENTION_CONFIG",
+        "CUSTOMGPT_API_TOKEN",
+        "RETENTION_ADMIN_TOKEN",
+        "RETENTION_<SECTION>__<KEY>",
+        "token_env",
+    ):
+        assert name in text, name
+    assert "--config FILE may come before or after the command" in text
+    assert "completion" in text
+
+
+async def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    from retention.emulator import DEFAULT_TOKEN, Emulator, Fault
+
+    from .conftest import small_state
+
+    emulator = Emulator(small_state())
+    emulator.faults.append(Fault.hang(path="*/conversations"))
+    async with emulator.serve() as url:
+        path = tmp_path / "retention.toml"
+        path.write_text(
+            f'[api]\nbase_url = "{url}"\n[store]\nurl = "sqlite+aiosqlite:///{tmp_path}/r.db"\n'
+            '[[policies]]\nname = "chats"\nagents = [532]\nmax_age = "1h"\n',
+            encoding="utf-8",
+        )
+        env = {"CUSTOMGPT_API_TOKEN": DEFAULT_TOKEN, "PATH": "/usr/bin:/bin"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "retention", "once", "--config", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        try:
+            for _ in range(300):  # the sweep's first call is in flight, held by the emulator
+                if emulator.calls("GET", "*/conversations"):
+                    break
+                await asyncio.sleep(0.05)
+            assert emulator.calls("GET", "*/conversations"), "the command never reached the API"
+            process.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 130, err.decode()
+    assert "retention: interrupted" in err.decode()
+    assert "Traceback" not in err.decode()

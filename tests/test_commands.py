@@ -120,7 +120,7 @@ async def test_plan_table_is_readable(config: str, capsys: pytest.CaptureFixture
     assert await cli("db", "upgrade", "--config", config) == 0
     assert await cli("plan", "--config", config) == 0
     captured = capsys.readouterr()
-    assert "3 conversation(s) due" in captured.out
+    assert "3 conversations due" in captured.out
     assert "qa-tickets" in captured.out and "Test old" in captured.out
     assert "3 due; this plan cost" in captured.err
 

@@ -316,7 +316,7 @@ async def test_once_json_exits_3_past_the_breaker_and_says_why(setup: Setup) -> 
     [tripped] = of(ran.records(), Event.BREAKER)
     assert tripped["outcome"] == "tripped" and tripped["scopes"] == ["account"]
     assert tripped["account"] == "default" and tripped["reasons"] == account["breaker"]
-    assert "3 due conversation(s) remain in account default" in ran.err
+    assert "3 due conversations remain in account default" in ran.err
 
 
 async def test_once_json_of_a_failed_sweep_still_prints_its_document(setup: Setup) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from retention.config import load_config
 from retention.emulator import Emulator
@@ -71,7 +74,7 @@ async def test_bad_edit_is_rejected_and_a_good_edit_applies_without_restart(
     assert len(rejected) == 1
     assert "config reload (file changed) rejected, the rules in force stay" in rejected[0]
     assert "policies[0] 'chats': max_age: invalid duration '3 parsecs'" in rejected[0]
-    assert "config reload (file changed): 1 policies and 0 holds in force" in output
+    assert "config reload (file changed): 1 policy and 0 holds in force" in output
 
 
 async def test_sighup_reloads_when_watching_is_off(emulator: Emulator, tmp_path: Path) -> None:
@@ -131,9 +134,9 @@ async def test_a_config_written_in_two_halves_deletes_nothing_held(
     assert code == 0
     alive = emulator.live_sessions(532)
     assert [c.name for c in held if c.session_id not in alive] == [], "no held one deleted"
-    assert "config reload (file changed): 1 policies and 0 holds in force" in output
+    assert "config reload (file changed): 1 policy and 0 holds in force" in output
     assert "40 conversations newly due wait out the policy change grace" in output
-    assert "config reload (file changed): 1 policies and 1 holds in force" in output
+    assert "config reload (file changed): 1 policy and 1 hold in force" in output
     assert emulator.calls("DELETE") and len(emulator.calls("DELETE")) == 1
 
 
@@ -173,3 +176,48 @@ async def test_every_reload_result_is_told_to_the_listeners(
     config.write_text(good.replace('"1h"', '"2h"'), encoding="utf-8")
     assert await watcher.reload("test")
     assert told == [False, True]
+
+
+async def test_an_accepted_reload_says_what_it_changed(
+    emulator: Emulator,
+    make_engine: EngineFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One log line and a metric with the diff's counts, and GET /v1/reloads/last serves it:
+    an edit that takes a hold away from two conversations and makes them due."""
+    from retention.metrics import Metrics
+    from retention.policy import Hold, Policy
+
+    caplog.set_level(logging.INFO, logger="retention.reload")
+    now = datetime.now(UTC)
+    for n in range(2):
+        emulator.state.add_conversation(532, f"LEGAL chat {n}", created_at=now - timedelta(days=3))
+    emulator.state.add_conversation(532, "Chat", created_at=now - timedelta(days=3))
+    config = tmp_path / "retention.toml"
+    everything = '[[policies]]\nname = "all"\nagents = [532]\nmax_age = "1d"\n'
+    hold = '[[holds]]\nname = "legal"\nname_matches = ["LEGAL*"]\n'
+    config.write_text(NO_GRACE + everything + hold, encoding="utf-8")
+    engine = make_engine(
+        (Policy(name="all", agents=frozenset({532}), max_age=timedelta(days=1)),),
+        (Hold(name="legal", name_matches=("LEGAL*",)),),
+    )
+    await engine.sweep(delete=False)  # the store knows the three, two of them held
+    watcher = ConfigWatcher(config, engine, load_config(config), settle=0.1)
+    metrics = Metrics()
+    metrics.add_account("default", stats=engine.context.api.stats, budget=engine.context.api.budget)  # type: ignore[attr-defined]
+    watcher.listeners.append(lambda ok: metrics.observe_reload_impact(watcher.last))
+    assert watcher.last is None
+    config.write_text(NO_GRACE + everything, encoding="utf-8")  # the hold taken away
+    assert await watcher.reload("test")
+    last = watcher.last
+    assert last is not None and last["trigger"] == "test"
+    assert last["totals"]["newly_due_now"] == 2 and last["totals"]["no_longer_held"] == 2
+    (account,) = last["accounts"]
+    assert account["moves"] == [{"from": "legal", "to": "all", "count": 2}]
+    line = [r for r in caplog.records if getattr(r, "event", None) == "reload"][-1]
+    assert "2 newly due now, 2 no longer held, 2 moved to another rule" in line.getMessage()
+    assert line.impact["newly_due_now"] == 2
+    scrape = metrics.render().decode()
+    assert 'retention_reload_changes_total{account="default",change="newly_due_now"} 2.0' in scrape
+    assert 'retention_reload_changes_total{account="default",change="newly_held"} 0.0' in scrape

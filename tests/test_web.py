@@ -180,7 +180,9 @@ async def test_track_registers_an_existing_conversation(
         # pydantic alone would read these as 0s and 1s: a conversation deleted at once.
         ({"agent_id": 532, "name": "x", "ttl": False}, "ttl", "ttl: expected a duration"),
         ({"agent_id": 532, "name": "x", "ttl": True}, "ttl", "ttl: expected a duration"),
-        ({"agent_id": 532, "name": ""}, "name", "name: String should have at least 1 character"),
+        ({"agent_id": 532, "name": ""}, "name", "name: must not be empty or only spaces"),
+        ({"agent_id": 532, "name": " "}, "name", "name: must not be empty or only spaces"),
+        ({"agent_id": 532, "name": "x" * 256}, "name", "name: at most 255 characters"),
         ({"agent_id": 532, "name": "x", "colour": "red"}, "colour", "colour: unknown field"),
     ],
 )
@@ -266,6 +268,12 @@ async def test_why_view_shows_facts_rule_due_time_and_audit(
         http, "GET", f"{admin}/v1/conversations/532/{kept.session_id}", headers=AUTH
     )
     assert why["rule"] is None and why["reason"] == "no policy matches: kept" and why["audit"] == []
+    # The trace `retention explain` prints: every rule in order, and why it passed it by.
+    assert why["trace"]["decision"] == "no_match"
+    assert [(t["kind"], t["name"], t["verdict"]) for t in why["trace"]["steps"]] == [
+        ("policy", "test-chats", "passed")
+    ]
+    assert why["trace"]["steps"][0]["why"] == "name 'Kept' matches none of 'Test*'"
     status, _ = await call(http, "GET", f"{admin}/v1/conversations/532/nope", headers=AUTH)
     assert status == 404
 
@@ -597,3 +605,18 @@ async def test_metrics_an_slo_can_stand_on(
     assert (buckets["1800.0"], buckets["10800.0"]) == (0, 1), "due an hour ago"
     assert samples[("retention_reloads_total", (("result", "rejected"),))] == 0
     assert "retention_api_budget_remaining" not in names, "absent until the API reports one"
+
+
+async def test_the_last_reload_is_served_with_what_it_changed(
+    context: AdminContext, http: aiohttp.ClientSession
+) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    async with serve(context, "127.0.0.1:0") as url:
+        async with http.get(f"{url}/v1/reloads/last", headers=auth) as response:
+            assert response.status == 200 and await response.json() == {"reload": None}
+        last = {"at": "2026-11-26T12:00:00Z", "trigger": "SIGHUP", "totals": {"newly_held": 1}}
+        context.last_reload = lambda: last
+        async with http.get(f"{url}/v1/reloads/last", headers=auth) as response:
+            assert (await response.json())["reload"] == last
+        async with http.get(f"{url}/v1/reloads/last") as response:
+            assert response.status == 401, "a /v1 read: the admin token when one is set"
