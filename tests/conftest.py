@@ -118,6 +118,46 @@ def client(make_client: ClientFactory) -> CustomGPTClient:
     return make_client()
 
 
+# The config of the command tests: the emulator at {url}, a budget and few retries, then the
+# JSON tests' store and safety and log settings; QA_RULES are the policies and hold they share.
+COMMAND_API = """
+[api]
+base_url = "{url}"
+requests_per_minute = 600
+max_attempts = 2
+"""
+COMMAND_SETTINGS = (
+    COMMAND_API
+    + """
+[store]
+url = "sqlite+aiosqlite:///{db}"
+
+[safety]
+max_deletions = {max_deletions}
+
+[log]
+format = "{log_format}"
+"""
+)
+QA_RULES = """
+[[policies]]
+name = "qa-chats"
+agents = [532]
+name_matches = ["Test*"]
+max_age = "1h"
+
+[[policies]]
+name = "qa-tickets"
+agents = "*"
+name_regex = "^QA-\\\\d+"
+max_age = "36h"
+
+[[holds]]
+name = "legal"
+name_matches = ["LEGAL*"]
+"""
+
+
 @asynccontextmanager
 async def served_config(
     emulator: Emulator, tmp_path: Path, template: str, **fields: object

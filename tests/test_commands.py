@@ -15,7 +15,7 @@ from retention.emulator import Emulator
 from retention.emulator.seed import EmulatorState
 from retention.migrate import head_revision
 
-from .conftest import served_config
+from .conftest import COMMAND_API, QA_RULES, served_config
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
@@ -33,31 +33,7 @@ SEED = [
 ]
 # Worked out by hand from the policies below: matched, expired and not held.
 EXPECTED = {"Test old", "QA-1 ticket", "QA-3 ticket"}
-CONFIG = """
-[api]
-base_url = "{url}"
-requests_per_minute = 600
-max_attempts = 2
-
-[store]
-url = "{store}"
-
-[[policies]]
-name = "qa-chats"
-agents = [532]
-name_matches = ["Test*"]
-max_age = "1h"
-
-[[policies]]
-name = "qa-tickets"
-agents = "*"
-name_regex = "^QA-\\\\d+"
-max_age = "36h"
-
-[[holds]]
-name = "legal"
-name_matches = ["LEGAL*"]
-"""
+CONFIG = COMMAND_API + '\n[store]\nurl = "{store}"\n' + QA_RULES
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ from retention.emulator.server import serve_many
 from retention.logs import SWEEP_COUNTERS, Event, fields
 from retention.reload import ConfigWatcher
 
-from .conftest import REPO
+from .conftest import COMMAND_SETTINGS, QA_RULES, REPO
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
@@ -53,37 +53,7 @@ EXPECTED = {
     "QA-1 ticket": (532, "qa-tickets"),
     "QA-3 ticket": (533, "qa-tickets"),
 }
-CONFIG = """
-[api]
-base_url = "{url}"
-requests_per_minute = 600
-max_attempts = 2
-
-[store]
-url = "sqlite+aiosqlite:///{db}"
-
-[safety]
-max_deletions = {max_deletions}
-
-[log]
-format = "{log_format}"
-
-[[policies]]
-name = "qa-chats"
-agents = [532]
-name_matches = ["Test*"]
-max_age = "1h"
-
-[[policies]]
-name = "qa-tickets"
-agents = "*"
-name_regex = "^QA-\\\\d+"
-max_age = "36h"
-
-[[holds]]
-name = "legal"
-name_matches = ["LEGAL*"]
-"""
+CONFIG = COMMAND_SETTINGS + QA_RULES
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 COUNTERS = {*SWEEP_COUNTERS, "api_calls"}
 

@@ -34,27 +34,15 @@ from retention.errors import TransientApiError
 from retention.models import Origin, PlanItem, State, TrackedConversation
 from retention.store import Store
 
-from .conftest import ADMIN, REPO
+from .conftest import ADMIN, COMMAND_SETTINGS, REPO
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
 MINUTE = timedelta(minutes=1)
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-CONFIG = """
-[api]
-base_url = "{url}"
-requests_per_minute = 600
-max_attempts = 2
-
-[store]
-url = "sqlite+aiosqlite:///{db}"
-
-[safety]
-max_deletions = {max_deletions}
-
-[log]
-format = "{log_format}"
-
+CONFIG = (
+    COMMAND_SETTINGS
+    + """
 [[policies]]
 name = "idle"
 agents = [533]
@@ -71,6 +59,7 @@ max_age = "1h"
 name = "legal"
 name_matches = ["LEGAL*"]
 """
+)
 
 
 def seeded_state() -> EmulatorState:
