@@ -24,7 +24,7 @@ COPY requirements.lock requirements-build.lock /tmp/
 RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
     && /opt/build/bin/pip install --require-hashes --no-deps -r /tmp/requirements-build.lock \
     && /opt/retention/bin/pip install --require-hashes --no-deps -r /tmp/requirements.lock
-COPY pyproject.toml README.md LICENSE config.example.toml /src/
+COPY pyproject.toml README.md LICENSE config.example.toml config.example.tests.toml /src/
 COPY retention /src/retention
 COPY migrations /src/migrations
 # The wheel is built by the locked backend without build isolation and installed without an
@@ -51,7 +51,7 @@ RUN groupadd --system --gid 10001 retention \
 COPY --from=build /opt/retention /opt/retention
 # No live config is baked in: mount yours at /etc/retention/config.toml (`run` without one exits
 # 2 saying so). The documented example is here to read, and `retention init -` prints a starter.
-COPY config.example.toml /usr/share/retention/config.example.toml
+COPY config.example.toml config.example.tests.toml /usr/share/retention/
 ENV PATH=/opt/retention/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RETENTION_CONFIG=/etc/retention/config.toml \

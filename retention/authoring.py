@@ -24,6 +24,7 @@ from retention.config import Settings
 from retention.errors import ConfigError
 from retention.impact import EXAMPLES, KINDS, Impact, Outcome
 from retention.models import DEFAULT_ACCOUNT, ConversationFacts, Creator, Origin
+from retention.policy import Rules
 from retention.policy import explain as explain_reason
 from retention.runtime import open_store
 from retention.timefmt import format_duration
@@ -36,6 +37,7 @@ LABELS = {
     "newly_due_unconfirmed": "maybe due now (newest message unknown)",
     "newly_due_within_day": "newly due within a day",
     "newly_due_within_week": "newly due within a week",
+    "newly_deletable": "due, no longer dry-run",
     "no_longer_due": "no longer due",
     "newly_held": "newly held",
     "no_longer_held": "no longer held",
@@ -62,7 +64,10 @@ async def diff(
     async with open_store(current, create=False) as root:
         for name in names:
             impact = Impact(name, now, examples=examples)
-            before, after = old_rules.for_account(name).decide, new_rules.for_account(name).decide
+            old_in, new_in = old_rules.for_account(name), new_rules.for_account(name)
+            impact.newly_in_scope = _newly_in_scope(old_in, new_in)
+            before, after = old_in.decide, new_in.decide
+            was_dry, is_dry = current.safety.dry_run, new.safety.dry_run
             batches = root.for_account(name).decision_batches(BATCH)
             try:
                 # The next batch is read (in the driver's thread) while this one is decided.
@@ -72,11 +77,16 @@ async def diff(
                     add, of = impact.add, Outcome.of
                     for row in batch:
                         facts = row.facts
-                        add(facts, of(before(facts, now)), of(after(facts, now)))
+                        add(
+                            facts,
+                            of(before(facts, now), dry_run_everywhere=was_dry),
+                            of(after(facts, now), dry_run_everywhere=is_dry),
+                        )
             finally:
                 await batches.aclose()
             impacts.append(impact)
     newly = sum(i.newly_due for i in impacts)
+    risky = any(i.newly_deletes for i in impacts)
     if as_json:
         doc = {
             "generated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -88,7 +98,7 @@ async def diff(
         print(json.dumps(doc, indent=2))
     else:
         _diff_text(impacts, current.source, new.source)
-    return EXIT_NEWLY_DUE if newly else EXIT_OK
+    return EXIT_NEWLY_DUE if risky else EXIT_OK
 
 
 def _diff_text(impacts: list[Impact], current: str, new: str) -> None:
@@ -116,6 +126,17 @@ def _diff_text(impacts: list[Impact], current: str, new: str) -> None:
                         f"  agent {agent_id} {LABELS[kind]}: {example['name']!r} "
                         f"({example['session_id']}): {example['before']} -> {example['after']}"
                     )
+
+
+def _newly_in_scope(old: Rules, new: Rules) -> list[int] | str | None:
+    """Agents the new rules bring into discovery's scope ("*": every agent), or None."""
+    before, after = old.agents_in_scope(), new.agents_in_scope()
+    if after is None:
+        return None if before is None else "*"
+    if before is None:
+        return None
+    added = sorted(after - before)
+    return added or None
 
 
 def _rule(name: str | None) -> str:

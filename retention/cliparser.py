@@ -31,10 +31,12 @@ otherwise). Without it, env {CONFIG_ENV} names the file.
 
 exit codes:
   0    ok
-  1    runtime failure (the API, the store, a deletion failed)
+  1    runtime failure (the API, the store, a deletion failed); also a policy test
+       fails (test, check), an audit chain does not hold (audit verify, report)
   2    bad usage or configuration (also a stale plan, a missing store for status or plan)
   3    due conversations remain that once or apply was asked to delete (the
-       mass-deletion breaker or the clock guard held them back)
+       mass-deletion breaker, the clock guard or the audit held them back);
+       for diff: the edit newly makes conversations due
   130  interrupted (Ctrl-C); `run` and `emulate` stop gracefully on it and exit 0
 
 environment:

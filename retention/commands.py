@@ -109,8 +109,19 @@ def check(
     return EXIT_FAILURE if ran is not None and ran["failures"] else EXIT_OK
 
 
+SHORT_TOKEN = 8  # characters: a token shorter than this is likely masked in ordinary text too
+
+
 def _check_warnings(settings: Settings) -> list[str]:
     warnings = list(settings.warnings)
+    for account in settings.account_list():
+        token = account.token.get_secret_value() if account.token else ""
+        if 0 < len(token) < SHORT_TOKEN:
+            warnings.append(
+                f"the API token of account {account.name} is "
+                f"{render.plural(len(token), 'character')} long: every log line and output "
+                "masks it, and would mask ordinary text containing it"
+            )
     if not settings.accounts and settings.token is None:
         warnings.append(
             f"no API token; set env {TOKEN_ENV} or [api] token_file before plan, once or run"
@@ -120,7 +131,20 @@ def _check_warnings(settings: Settings) -> list[str]:
 
 def _print_json(body: object, settings: Settings) -> None:
     """A JSON document, alone on stdout; every token masked should one ever get into it."""
-    print(secrets_of(settings).scrub(json.dumps(body, indent=2)))
+    scrub = secrets_of(settings).scrub
+    print(json.dumps(_scrubbed(body, scrub), indent=2))
+
+
+def _scrubbed(value: Any, scrub: Callable[[str], str]) -> Any:
+    """``value`` with every text in it masked: the document stays valid JSON whatever the
+    tokens are (masking the serialised text would cut into keys and literals)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrubbed(item, scrub) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(item, scrub) for item in value]
+    return value
 
 
 def _check_text(settings: Settings) -> None:

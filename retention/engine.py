@@ -145,6 +145,7 @@ class Engine:
 
     async def _apply_rules(self) -> int:
         context = self.context
+        self.last_impact = None  # set again only when this call re-evaluates under new rules
         fingerprint = context.rules.fingerprint(dry_run=context.options.dry_run)
         previous = await self.store.get_meta(self._meta_key(RULES_KEY))
         first = await self.store.get_meta(self._meta_key(FIRST_RULES_KEY))
@@ -164,7 +165,6 @@ class Engine:
         # it acts), but a change that makes it newly due holds it back too.
         changed = waiting = 0
         impact = Impact(self.account, now)  # what the change does: a reload's summary
-        self.last_impact = None
         hold_back = grace_until if previous is not None and grace else None
         batches = self.store.decision_batches(REEVALUATE_BATCH)
         decide, everywhere = context.rules.decide, context.options.dry_run
@@ -410,4 +410,5 @@ def _clock_of(current: TrackedConversation) -> tuple[str, datetime]:
 
 def _outcome(stored: StoredDecision) -> Outcome:
     """A stored decision as :mod:`retention.impact` compares them."""
-    return Outcome(stored.state is State.HELD, stored.rule, stored.due_at, stored.provisional)
+    held = stored.state is State.HELD
+    return Outcome(held, stored.rule, stored.due_at, stored.provisional, stored.dry_run)

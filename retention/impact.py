@@ -26,6 +26,7 @@ KINDS = (
     "newly_due_unconfirmed",
     "newly_due_within_day",
     "newly_due_within_week",
+    "newly_deletable",
     "no_longer_due",
     "newly_held",
     "no_longer_held",
@@ -45,11 +46,13 @@ class Outcome(NamedTuple):
     rule: str | None
     due_at: datetime | None
     provisional: bool = False
+    dry_run: bool = False  # its policy's dry_run, or the config's: audited, never deleted
 
     @classmethod
-    def of(cls, decision: Decision) -> Outcome:
+    def of(cls, decision: Decision, *, dry_run_everywhere: bool = False) -> Outcome:
         held = decision.kind is DecisionKind.HELD
-        return cls(held, decision.rule, decision.due_at, decision.provisional)
+        dry = decision.dry_run or dry_run_everywhere
+        return cls(held, decision.rule, decision.due_at, decision.provisional, dry)
 
 
 def changes(before: Outcome, after: Outcome, now: datetime) -> list[str]:
@@ -63,6 +66,9 @@ def changes(before: Outcome, after: Outcome, now: datetime) -> list[str]:
             unconfirmed = kind == "newly_due_now" and after.provisional
             found.append("newly_due_unconfirmed" if unconfirmed else kind)
             break
+    week = now + HORIZONS[-1][1]
+    if _due_by(after, week) and _due_by(before, week) and before.dry_run and not after.dry_run:
+        found.append("newly_deletable")  # due either way, and no longer only audited
     if _due_by(before, now) and not _due_by(after, now):
         found.append("no_longer_due")
     if after.held and not before.held:
@@ -93,6 +99,9 @@ class Impact:
     now: datetime
     examples: int = EXAMPLES
     agents: dict[int, AgentImpact] = field(default_factory=dict)
+    # Agents the new rules bring into discovery's scope ("*": every agent): the store does not
+    # know their conversations, so nothing of them is weighed; `plan` walks them.
+    newly_in_scope: list[int] | str | None = None
     weighed: int = 0  # conversations compared
 
     def add(self, facts: ConversationFacts, before: Outcome, after: Outcome) -> None:
@@ -123,13 +132,21 @@ class Impact:
         """Conversations the edit makes due within a week that were not before (those due now
         only by a lower bound too)."""
         total = self.totals()
-        return sum(total[kind] for kind, _ in HORIZONS) + total["newly_due_unconfirmed"]
+        kinds = [k for k, _ in HORIZONS] + ["newly_due_unconfirmed", "newly_deletable"]
+        return sum(total[kind] for kind in kinds)
+
+    @property
+    def newly_deletes(self) -> bool:
+        """Whether the edit may delete what was safe before: conversations newly due (or due
+        and no longer dry-run), or agents newly in scope whose conversations nobody weighed."""
+        return self.newly_due > 0 or bool(self.newly_in_scope)
 
     def as_json(self) -> dict[str, Any]:
         totals = self.totals()
         return {
             "account": self.account,
             "conversations": self.weighed,
+            "agents_newly_in_scope": self.newly_in_scope,
             "totals": {kind: totals[kind] for kind in KINDS},
             "moves": _moves_json(
                 sum(
@@ -162,6 +179,13 @@ class Impact:
         moves = sum(self.moves().values())
         if moves:
             parts.append(f"{moves} moved to another rule")
+        if self.newly_in_scope:
+            scope = (
+                "every agent"
+                if self.newly_in_scope == "*"
+                else "agents " + ", ".join(map(str, self.newly_in_scope))
+            )
+            parts.append(f"{scope} newly in scope (conversations not known yet: `plan` walks them)")
         return ", ".join(parts) or "no conversation's outcome changes"
 
 

@@ -15,7 +15,8 @@ day::
     created = "2h"
     expect = "deleted by 'qa-chats' after 1h"
 
-Expectations: ``deleted by 'RULE' after DURATION`` (the policy decides, with that max_age),
+Expectations: ``deleted by 'RULE' after DURATION`` (the policy decides, with that max_age;
+``... from created|updated|last message`` also names its clock),
 ``deleted by own TTL after DURATION``, ``held by 'HOLD'``, ``kept: no policy``.
 """
 
@@ -28,19 +29,33 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from retention.errors import ConfigError
-from retention.models import DEFAULT_ACCOUNT, ConversationFacts, Creator, DecisionKind, Origin
+from retention.models import (
+    DEFAULT_ACCOUNT,
+    AgeFrom,
+    ConversationFacts,
+    Creator,
+    DecisionKind,
+    Origin,
+)
 from retention.policy import Rules
 from retention.timefmt import format_duration, parse_duration, to_moment
 from retention.trace import Verdict, trace
 
 _EXPECT = (
-    (re.compile(r"deleted by '(?P<rule>[^']+)' after (?P<after>\S+)"), DecisionKind.POLICY),
+    (
+        re.compile(
+            r"deleted by '(?P<rule>[^']+)' after (?P<after>\S+)"
+            r"(?: from (?P<clock>created|updated|last message))?"
+        ),
+        DecisionKind.POLICY,
+    ),
     (re.compile(r"deleted by own TTL after (?P<after>\S+)"), DecisionKind.TTL),
     (re.compile(r"held by '(?P<rule>[^']+)'"), DecisionKind.HELD),
     (re.compile(r"kept: no policy"), DecisionKind.NO_MATCH),
 )
 EXPECT_HELP = (
-    'write "deleted by \'RULE\' after 36h", "deleted by own TTL after 2h", '
+    'write "deleted by \'RULE\' after 36h" (optionally "... from created|updated|last '
+    'message"), "deleted by own TTL after 2h", '
     '"held by \'HOLD\'" or "kept: no policy"'
 )
 KEYS = {
@@ -49,12 +64,20 @@ KEYS = {
 }  # fmt: skip
 
 
+CLOCKS = {
+    "created": AgeFrom.CREATED,
+    "updated": AgeFrom.UPDATED,
+    "last message": AgeFrom.LAST_ACTIVITY,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Expectation:
     kind: DecisionKind
     rule: str | None = None
     after: timedelta | None = None
     text: str = ""
+    clock: AgeFrom | None = None  # the policy's clock, when the expectation names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +162,8 @@ def _expectation(text: Any, fail: Any) -> Expectation:
             continue
         groups = match.groupdict()
         after = _duration(groups["after"], fail, "expect") if "after" in groups else None
-        return Expectation(kind, groups.get("rule"), after, text.strip())
+        clock = CLOCKS[groups["clock"]] if groups.get("clock") else None
+        return Expectation(kind, groups.get("rule"), after, text.strip(), clock)
     raise fail("expect", f"cannot read {text!r}: {EXPECT_HELP}")
 
 
@@ -192,8 +216,12 @@ def run(case: Case, rules: Rules) -> Failure | None:
     decision = result.decision
     got = _as_expectation(decision.kind, decision.rule, case, account_rules)
     want = case.expect
-    if (got.kind, got.rule, got.after) == (want.kind, want.rule, want.after):
+    same = (got.kind, got.rule, got.after) == (want.kind, want.rule, want.after)
+    if same and (want.clock is None or want.clock == got.clock):
         return None
+    if want.clock is not None and got.clock is not None:
+        named = next(k for k, v in CLOCKS.items() if v == got.clock)
+        got = Expectation(got.kind, got.rule, got.after, f"{got.text} from {named}", got.clock)
     decisive = [s.line() for s in result.steps if s.verdict is Verdict.DECIDED]
     why = decisive[0] if decisive else "no hold, TTL or policy took it"
     return Failure(case, got.text, why)
@@ -209,5 +237,6 @@ def _as_expectation(kind: DecisionKind, rule: str | None, case: Case, rules: Rul
     if kind is DecisionKind.POLICY:
         policy = next(p for p in rules.policies if p.name == rule)
         after = format_duration(policy.max_age)
-        return Expectation(kind, rule, policy.max_age, f"deleted by {rule!r} after {after}")
+        text = f"deleted by {rule!r} after {after}"
+        return Expectation(kind, rule, policy.max_age, text, policy.age_from)
     return Expectation(kind, None, None, "kept: no policy")

@@ -107,7 +107,7 @@ def _hold(hold: Hold, facts: ConversationFacts) -> tuple[bool, str]:
     glob = _glob_hit(hold, facts.name)
     if glob is not None:
         return True, f"name {facts.name!r} matches {glob!r}"
-    if hold.name_regex is not None and hold.accepts_name(facts.name):
+    if hold.name_regex is not None and Matcher(name_regex=hold.name_regex).accepts_name(facts.name):
         return True, f"name {facts.name!r} matches /{hold.name_regex}/"
     return False, f"none of its selectors takes {facts.name!r}"
 

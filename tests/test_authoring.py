@@ -261,3 +261,44 @@ def test_the_cli_runs_test_explain_and_diff(
     assert main(["test", "--config", str(lonely)]) == 2
     assert "no-tests.tests.toml" in capsys.readouterr().err
     assert main(["diff", "--config", str(lonely), str(tmp_path / "missing.toml")]) == 2
+
+
+async def test_diff_counts_an_edit_that_ends_dry_run_or_widens_the_agents(
+    served: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither changes a decision's rule or due time, and both let `once` delete what it would
+    not have: exit 3, and say which."""
+    url, folder = served
+    db = folder / "retention.db"
+    narrow = example_config(url, db).replace('agents = "*"', "agents = [532]", 1)
+    narrow = narrow.replace("agents = [532, 533]", "agents = [532]")
+    current = write(folder, "current.toml", narrow.replace("dry_run = false", "dry_run = true", 1))
+    assert await asyncio.to_thread(main, ["db", "upgrade", "--config", current]) == 0
+    await plan_due(current, capsys)
+    real = write(folder, "real.toml", narrow)  # [safety] dry_run = false
+    code = await authoring.diff(load_config(Path(current)), load_config(Path(real)), as_json=True)
+    (account,) = json.loads(capsys.readouterr().out)["accounts"]
+    assert code == 3 and account["totals"]["newly_deletable"] > 0
+    assert account["totals"]["newly_due_now"] == 0 and account["agents_newly_in_scope"] is None
+    wider = write(folder, "wider.toml", narrow.replace("agents = [532]", "agents = [532, 534]", 1))
+    code = await authoring.diff(load_config(Path(real)), load_config(Path(wider)), as_json=True)
+    (account,) = json.loads(capsys.readouterr().out)["accounts"]
+    assert code == 3 and account["agents_newly_in_scope"] == [534]
+
+
+def test_a_case_naming_the_clock_fails_when_the_policy_changes_clock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`after 30d from last message`: an edit to `age_from = "created"` (which makes a 60-day
+    old chat with yesterday's message due now) fails the shipped case that names its clock."""
+    config = tmp_path / "retention.toml"
+    text = EXAMPLE.read_text(encoding="utf-8")
+    config.write_text(text.replace('age_from = "last_activity"', 'age_from = "created"'))
+    tests = (REPO / "config.example.tests.toml").read_text(encoding="utf-8")
+    (tmp_path / "retention.tests.toml").write_text(tests, encoding="utf-8")
+    assert authoring.test(load_config(config)) == 1
+    out = capsys.readouterr().out
+    assert (
+        "expected deleted by 'idle-anonymous' after 30d from last message, got deleted by "
+        "'idle-anonymous' after 30d from created"
+    ) in out

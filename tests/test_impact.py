@@ -94,3 +94,22 @@ def test_newly_due_is_counted_once_and_only_when_it_becomes_due_sooner(
         assert before.held or before.due_at is None or before.due_at > after.due_at
     if before == after:
         assert found == []
+
+
+def test_a_due_conversation_no_longer_dry_run_is_newly_deletable() -> None:
+    audited = Outcome(False, "qa", NOW - H, dry_run=True)
+    deleted = Outcome(False, "qa", NOW - H, dry_run=False)
+    assert changes(audited, deleted, NOW) == ["newly_deletable"]
+    assert changes(deleted, audited, NOW) == []
+    impact = Impact("default", NOW)
+    impact.add(facts(1), audited, deleted)
+    assert impact.newly_due == 1 and impact.newly_deletes
+
+
+def test_agents_newly_in_scope_count_as_newly_deleting() -> None:
+    impact = Impact("default", NOW)
+    assert not impact.newly_deletes
+    impact.newly_in_scope = [534]
+    assert impact.newly_deletes and impact.newly_due == 0
+    assert "agents 534 newly in scope" in impact.summary()
+    assert impact.as_json()["agents_newly_in_scope"] == [534]

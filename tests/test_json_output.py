@@ -566,3 +566,18 @@ async def test_reload_records_say_whether_the_rules_were_taken(tmp_path: Path) -
     assert "invalid duration '1 parsec'" in rejected["error"]
     assert (accepted["outcome"], accepted["trigger"]) == ("accepted", "file changed")
     assert (accepted["policies"], accepted["holds"], accepted["reevaluated"]) == (1, 1, 0)
+
+
+def test_a_short_token_leaves_the_json_valid_and_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masking works on the document's texts, not on its serialised form: a token that is also
+    a letter of `true` or of a key leaves the JSON valid (and `check` says the token is short)."""
+    monkeypatch.setenv("CUSTOMGPT_API_TOKEN", "e")
+    config = tmp_path / "retention.toml"
+    config.write_text('[api]\nbase_url = "https://app.customgpt.ai/api/v1/"\n', encoding="utf-8")
+    assert main(["check", "--config", str(config), "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["ok"] is True and "name" in document["accounts"][0]
+    assert "is 1 character long" in captured.err

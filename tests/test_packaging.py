@@ -89,15 +89,18 @@ def test_the_licence_is_the_full_apache_2_text() -> None:
 
 def test_the_wheel_carries_py_typed_the_example_config_and_the_migrations() -> None:
     """py.typed is inside the package (a wheel takes the package folder whole); the example
-    config and Alembic's scripts live at the top of the repository and are mapped into it, and
-    the sdist carries their sources so a wheel built from it carries them too."""
+    config, its policy tests and Alembic's scripts live at the top of the repository and are
+    mapped into it, and the sdist carries their sources so a wheel built from it carries them
+    too."""
     assert (REPO / "retention" / "py.typed").is_file()
     targets = PYPROJECT["tool"]["hatch"]["build"]["targets"]
     assert targets["wheel"]["force-include"] == {
         "migrations": "retention/migrations",
         "config.example.toml": "retention/config.example.toml",
+        "config.example.tests.toml": "retention/config.example.tests.toml",
     }
-    for source in ("config.example.toml", "migrations", "LICENSE", "README.md", "retention"):
+    sources = ("config.example.toml", "config.example.tests.toml", "migrations", "LICENSE")
+    for source in (*sources, "README.md", "retention"):
         assert source in targets["sdist"]["include"]
     assert not (REPO / "retention" / "config.example.toml").exists(), (
         "one config.example.toml, at the top: the wheel maps it into the package"

@@ -213,3 +213,19 @@ def test_the_trace_always_agrees_with_the_decision(
         assert step.name == result.decision.rule
     after = result.steps[result.steps.index(step) + 1 :]
     assert all(s.verdict is not Verdict.PASSED for s in after if s.kind == "policy")
+
+
+BOTH = Rules(
+    policies=(Policy(name="p", agents=None, max_age=H),),
+    holds=(Hold(name="both", agents=None, name_matches=("QA*",), name_regex="(?i)legal"),),
+)
+
+
+@pytest.mark.parametrize("name", ["LEGAL x", "QA-1", "QA legal", "other", "qa-2", "Legal"])
+def test_a_hold_takes_on_any_of_its_selectors_in_the_trace_as_in_the_decision(name: str) -> None:
+    """A hold with globs and a regex takes a conversation that either selects."""
+    result = trace(facts(name=name), BOTH, NOW)
+    held = result.decision.kind is DecisionKind.HELD
+    (hold_step,) = [s for s in result.steps if s.kind == "hold"]
+    assert (hold_step.verdict is Verdict.DECIDED) == held, hold_step.line()
+    assert held == (name.upper().startswith("QA") or "legal" in name.lower())  # globs: any case
