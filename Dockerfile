@@ -51,7 +51,8 @@ RUN groupadd --system --gid 10001 retention \
 COPY --from=build /opt/retention /opt/retention
 # No live config is baked in: mount yours at /etc/retention/config.toml (`run` without one exits
 # 2 saying so). The documented example is here to read, and `retention init -` prints a starter.
-COPY config.example.toml config.example.tests.toml /usr/share/retention/
+COPY config.example.toml /usr/share/retention/config.example.toml
+COPY config.example.tests.toml /usr/share/retention/config.example.tests.toml
 ENV PATH=/opt/retention/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RETENTION_CONFIG=/etc/retention/config.toml \
