@@ -152,13 +152,8 @@ async def _audit_ready(sweep: Sweep, report: SweepReport) -> bool:
     problem = await sweep.journal.audit_problem()
     if problem is None:
         return True
-    report.held_back = problem
-    logger.error(
-        "deleting nothing: %s",
-        problem,
-        extra=fields(Event.AUDIT_CHAIN, outcome="held_back", problem=problem),
-    )
-    return False
+    extra = fields(Event.AUDIT_CHAIN, outcome="held_back", problem=problem)
+    return _hold_back(report, problem, "deleting nothing: %s", extra)
 
 
 async def _breaker(sweep: Sweep, report: SweepReport, now: datetime) -> Verdict:
@@ -199,12 +194,14 @@ def _clock_trusted(sweep: Sweep, report: SweepReport) -> bool:
         problem = sweep.clock_skew_problem(sweep.clock())
     if problem is None:
         return True
+    extra = fields(Event.CLOCK_GUARD, outcome="held_back", reason=problem)
+    return _hold_back(report, problem, "deleting nothing this sweep: %s; discovery goes on", extra)
+
+
+def _hold_back(report: SweepReport, problem: str, message: str, extra: dict[str, object]) -> bool:
+    """Delete nothing more this sweep and say why, once (the guards' common end): False."""
     report.held_back = problem
-    logger.error(
-        "deleting nothing this sweep: %s; discovery goes on",
-        problem,
-        extra=fields(Event.CLOCK_GUARD, outcome="held_back", reason=problem),
-    )
+    logger.error(message, problem, extra=extra)
     return False
 
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,27 @@ max_age = "36h"
 name = "legal"
 name_matches = ["LEGAL*"]
 """
+
+
+@dataclass
+class CommandConfig:
+    """The emulator being served, and a command test's config file that points at it: made
+    from ``template`` (COMMAND_SETTINGS and rules) with the store beside the file."""
+
+    emulator: Emulator
+    url: str
+    path: Path
+    template: str
+    log_format: str = "json"
+
+    def write(self, *, log_format: str | None = None, max_deletions: int = 1000) -> None:
+        text = self.template.format(
+            url=self.url,
+            db=self.path.parent / "r.db",
+            log_format=log_format or self.log_format,
+            max_deletions=max_deletions,
+        )
+        self.path.write_text(text, encoding="utf-8")
 
 
 @asynccontextmanager

@@ -31,7 +31,7 @@ from retention.emulator.server import serve_many
 from retention.logs import SWEEP_COUNTERS, Event, fields
 from retention.reload import ConfigWatcher
 
-from .conftest import COMMAND_SETTINGS, QA_RULES, REPO
+from .conftest import COMMAND_SETTINGS, QA_RULES, REPO, CommandConfig
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
@@ -73,28 +73,13 @@ def seeded() -> Emulator:
     return Emulator(seeded_state(), per_page=3)
 
 
-@dataclass
-class Setup:
-    """The emulator being served, and the config file that points at it."""
-
-    emulator: Emulator
-    url: str
-    path: Path
-
-    def write(self, *, log_format: str = "json", max_deletions: int = 1000) -> None:
-        text = CONFIG.format(
-            url=self.url,
-            db=self.path.parent / "r.db",
-            log_format=log_format,
-            max_deletions=max_deletions,
-        )
-        self.path.write_text(text, encoding="utf-8")
+Setup = CommandConfig
 
 
 @pytest.fixture
 async def setup(seeded: Emulator, tmp_path: Path) -> AsyncIterator[Setup]:
     async with seeded.serve() as url:
-        found = Setup(seeded, url, tmp_path / "retention.toml")
+        found = Setup(seeded, url, tmp_path / "retention.toml", CONFIG)
         found.write()
         yield found
 

@@ -34,7 +34,7 @@ from retention.errors import TransientApiError
 from retention.models import Origin, PlanItem, State, TrackedConversation
 from retention.store import Store
 
-from .conftest import ADMIN, COMMAND_SETTINGS, REPO
+from .conftest import ADMIN, COMMAND_SETTINGS, REPO, CommandConfig
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
@@ -80,27 +80,14 @@ def seeded_state() -> EmulatorState:
 DUE = ["Idle chat", "Test b", "Test a"]  # most overdue first
 
 
-@dataclass
-class Setup:
-    emulator: Emulator
-    url: str
-    path: Path
-
-    def write(self, *, log_format: str = "text", max_deletions: int = 1000) -> None:
-        text = CONFIG.format(
-            url=self.url,
-            db=self.path.parent / "r.db",
-            log_format=log_format,
-            max_deletions=max_deletions,
-        )
-        self.path.write_text(text, encoding="utf-8")
+Setup = CommandConfig
 
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     emulator = Emulator(seeded_state(), per_page=3)
     async with emulator.serve() as url:
-        found = Setup(emulator, url, tmp_path / "retention.toml")
+        found = Setup(emulator, url, tmp_path / "retention.toml", CONFIG, log_format="text")
         found.write()
         yield found
 
